@@ -1,0 +1,178 @@
+// Package darlingexec turns an SSH session into a process inside a Darling
+// prefix: the launcher's argv, the script it runs, the environment it gets,
+// the session's stdio and exit status, ending every process of the session,
+// and keeping the prefix's container warm. It knows Darling and processes;
+// it knows nothing of SSH.
+package darlingexec
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Style says how the prefix reaches the launcher.
+type Style string
+
+const (
+	// StyleFlag passes the prefix as `darling --prefix P shell …` (the
+	// darling-nix launcher this project targets), and also as DPREFIX.
+	StyleFlag Style = "flag"
+	// StyleEnv passes the prefix only as DPREFIX, for upstream Darling,
+	// whose launcher has no --prefix option.
+	StyleEnv Style = "env"
+)
+
+// ParseStyle checks a --prefix-style value.
+func ParseStyle(s string) (Style, error) {
+	switch Style(s) {
+	case StyleFlag, StyleEnv:
+		return Style(s), nil
+	}
+	return "", fmt.Errorf("prefix style %q: want flag or env", s)
+}
+
+// MaxMessage is the largest message Darling's launcher can send to
+// shellspawn: the length field is an unsigned short and the payload
+// carries its terminating NUL. The joined `-c` string and every NAME=value
+// must fit, or the protocol silently breaks.
+const MaxMessage = 65535
+
+// ErrTooLong is returned when a command or an environment variable would
+// not fit in one shellspawn message.
+var ErrTooLong = errors.New("too long for the Darling launcher")
+
+// SessionVar names the environment variable that marks every process of a
+// session. Darling forwards the environment into the container and children
+// inherit it, so the marker finds the session's processes even though
+// Darling starts them outside the launcher's process tree.
+const SessionVar = "DARLING_SSHD_SESSION"
+
+// nixPath puts the prefix's Nix profiles ahead of the macOS default PATH,
+// which Darling forces and which lacks them in non-interactive shells.
+const nixPath = `PATH="/nix/var/nix/profiles/default/bin:$HOME/.nix-profile/bin:$PATH"; export PATH`
+
+// Launcher runs commands in one Darling prefix through one launcher binary.
+// It is safe for concurrent use.
+type Launcher struct {
+	Path        string        // the darling launcher
+	Prefix      string        // the prefix folder; never created by us
+	Style       Style         // how the prefix is passed
+	KillGrace   time.Duration // between SIGHUP and SIGKILL when a session ends
+	WarmTimeout time.Duration // bound on a warm-up
+	Log         *slog.Logger
+
+	// HostEnv holds HOME and PATH of the server's own user, which the
+	// launcher needs to start its container.
+	HostEnv []string
+
+	warmMu sync.Mutex // one warm-up at a time for the prefix
+}
+
+// Request is what a session asks the launcher to run.
+type Request struct {
+	// Command is the client's command string, run by /bin/sh -c exactly as
+	// sent. Shell true and Command empty runs the prefix's login shell.
+	Command string
+	Shell   bool
+	// User is the SSH login name (USER, LOGNAME).
+	User string
+	// Env holds NAME=value pairs accepted from the client and set by the
+	// server (SSH_CONNECTION, SSH_CLIENT, …).
+	Env []string
+}
+
+// shQuote quotes s for a POSIX shell: inside single quotes everything is
+// literal, and a single quote becomes '\''. Darling's launcher quotes each
+// argument the same way.
+func shQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Script is what /bin/sh -c runs inside the prefix for a command: set up
+// the session, then exec /bin/sh -c with the client's command untouched.
+func Script(command string) string {
+	return `cd "$HOME" 2>/dev/null; ` + nixPath + "; exec /bin/sh -c " + shQuote(command)
+}
+
+// Args returns the launcher's arguments (without argv[0]) for a request.
+func (l *Launcher) Args(req Request) []string {
+	var args []string
+	if l.Style == StyleFlag {
+		args = append(args, "--prefix", l.Prefix)
+	}
+	args = append(args, "shell")
+	if req.Shell && req.Command == "" {
+		return args
+	}
+	return append(args, "/bin/sh", "-c", Script(req.Command))
+}
+
+// shellArgs returns the arguments after "shell" in args.
+func shellArgs(args []string) []string {
+	for i, a := range args {
+		if a == "shell" {
+			return args[i+1:]
+		}
+	}
+	return nil
+}
+
+// joinedLen is the length of the string Darling builds from the shell
+// arguments: each single-quoted, joined by spaces.
+func joinedLen(args []string) int {
+	n := 0
+	for i, a := range args {
+		if i > 0 {
+			n++
+		}
+		n += len(shQuote(a))
+	}
+	return n
+}
+
+// Env returns the launcher's environment for a request, built from scratch:
+// nothing of the server's own environment leaks in but HOME and PATH.
+func (l *Launcher) Env(req Request, session string) []string {
+	env := make([]string, 0, len(l.HostEnv)+len(req.Env)+5)
+	env = append(env, l.HostEnv...)
+	env = append(env, "DPREFIX="+l.Prefix)
+	if req.User != "" {
+		env = append(env, "USER="+req.User, "LOGNAME="+req.User)
+	}
+	env = append(env, req.Env...)
+	if session != "" {
+		env = append(env, SessionVar+"="+session)
+	}
+	return env
+}
+
+// Check reports whether argv and environment fit Darling's messages, and
+// whether the command can be passed at all (a NUL cannot be in argv).
+func Check(args, env []string) error {
+	sa := shellArgs(args)
+	for _, a := range sa {
+		if strings.IndexByte(a, 0) >= 0 {
+			return errors.New("command contains a NUL byte")
+		}
+	}
+	if len(sa) > 0 {
+		if n := joinedLen(sa) + 1; n > MaxMessage {
+			return fmt.Errorf("command is %d bytes once quoted for the launcher, limit %d: %w", n, MaxMessage, ErrTooLong)
+		}
+	}
+	for _, kv := range env {
+		if strings.IndexByte(kv, 0) >= 0 {
+			name, _, _ := strings.Cut(kv, "=")
+			return fmt.Errorf("environment variable %s contains a NUL byte", name)
+		}
+		if n := len(kv) + 1; n > MaxMessage {
+			name, _, _ := strings.Cut(kv, "=")
+			return fmt.Errorf("environment variable %s is %d bytes, limit %d: %w", name, n, MaxMessage, ErrTooLong)
+		}
+	}
+	return nil
+}

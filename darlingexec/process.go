@@ -1,0 +1,270 @@
+package darlingexec
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ExitStatus is how a launcher ended.
+type ExitStatus struct {
+	Code       int    // exit code 0..255 when Signal is empty
+	Signal     string // RFC 4254 signal name without "SIG", when killed by a signal
+	CoreDumped bool
+	// Ended is true when the signal came from End: the server ended the
+	// session, so the signal is not the command's own outcome.
+	Ended bool
+}
+
+// Process is a running session: the launcher and whatever Darling started
+// for it inside the container.
+type Process struct {
+	// Stdin is the write end of the command's stdin; closing it is the
+	// command's EOF. Stdout and Stderr are the read ends of its output.
+	Stdin          *os.File
+	Stdout, Stderr *os.File
+
+	cmd     *exec.Cmd
+	marker  []byte // "DARLING_SSHD_SESSION=<id>" as found in /proc/<pid>/environ
+	l       *Launcher
+	done    chan struct{}
+	status  ExitStatus
+	waitErr error
+	ended   atomic.Bool
+	endOnce sync.Once
+}
+
+// newSessionID returns a random marker value for a session.
+func newSessionID() (string, error) {
+	var b [12]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("session id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// Start runs req through the launcher, after warming the prefix if its
+// container is not running, so that a session is never handed a cold
+// start. stdin, stdout and stderr are separate pipes.
+func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
+	id, err := newSessionID()
+	if err != nil {
+		return nil, err
+	}
+	args := l.Args(req)
+	env := l.Env(req, id)
+	if err := Check(args, env); err != nil {
+		return nil, err
+	}
+	if err := l.EnsureWarm(ctx); err != nil {
+		return nil, err
+	}
+
+	var files [6]*os.File // stdin r,w; stdout r,w; stderr r,w
+	closeAll := func() {
+		for _, f := range files {
+			if f != nil {
+				f.Close()
+			}
+		}
+	}
+	for i := 0; i < 6; i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("pipe: %w", err)
+		}
+		files[i], files[i+1] = r, w
+	}
+	cmd := exec.Command(l.Path, args...)
+	cmd.Env = env
+	cmd.Dir = "/"
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[3], files[5]
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("start launcher %s: %w", l.Path, err)
+	}
+	files[0].Close()
+	files[3].Close()
+	files[5].Close()
+
+	p := &Process{
+		Stdin:  files[1],
+		Stdout: files[2],
+		Stderr: files[4],
+		cmd:    cmd,
+		marker: []byte(SessionVar + "=" + id),
+		l:      l,
+		done:   make(chan struct{}),
+	}
+	go p.wait()
+	return p, nil
+}
+
+func (p *Process) wait() {
+	err := p.cmd.Wait()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		ws, _ := ee.Sys().(syscall.WaitStatus)
+		switch {
+		case ws.Signaled():
+			p.status.Signal = signalName(ws.Signal())
+			p.status.CoreDumped = ws.CoreDump()
+		default:
+			p.status.Code = ws.ExitStatus()
+		}
+	default:
+		p.waitErr = err
+	}
+	p.status.Ended = p.ended.Load()
+	close(p.done)
+}
+
+// Done is closed when the launcher has exited.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait waits for the launcher to exit and returns how it ended.
+func (p *Process) Wait() (ExitStatus, error) {
+	<-p.done
+	return p.status, p.waitErr
+}
+
+// Pid is the launcher's process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// End ends the session: it closes the command's stdin (Nix's
+// nix-store --serve aborts on it), sends SIGHUP to every process of the
+// session wherever Darling started it, and SIGKILL to what is left after
+// grace. It returns when none is left, or when ctx is done. It is safe to
+// call more than once and from several goroutines; only the first call
+// does the work, the others wait for nothing.
+func (p *Process) End(ctx context.Context) {
+	p.endOnce.Do(func() {
+		p.ended.Store(true)
+		p.Stdin.Close()
+		p.l.killSession(ctx, p.marker, p.l.KillGrace)
+	})
+}
+
+// Sweep ends any process of the session still running after the session
+// finished normally (a daemon the command left behind), without marking the
+// session as ended by the server.
+func (p *Process) Sweep(ctx context.Context) {
+	p.endOnce.Do(func() {
+		p.Stdin.Close()
+		p.l.killSession(ctx, p.marker, p.l.KillGrace)
+	})
+}
+
+// pollEvery is how often the kill loop looks for survivors.
+const pollEvery = 20 * time.Millisecond
+
+// killSession signals the processes carrying marker: SIGHUP, then SIGKILL
+// after grace, until none is left.
+func (l *Launcher) killSession(ctx context.Context, marker []byte, grace time.Duration) {
+	protect := l.containerPid()
+	pids := findMarked(marker, protect)
+	if len(pids) == 0 {
+		return
+	}
+	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
+	signalAll(pids, unix.SIGHUP)
+	deadline := time.Now().Add(grace)
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			signalAll(findMarked(marker, protect), unix.SIGKILL)
+			return
+		case <-tick.C:
+		}
+		pids = findMarked(marker, protect)
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			signalAll(pids, unix.SIGKILL)
+		}
+	}
+}
+
+func signalAll(pids []int, sig unix.Signal) {
+	for _, pid := range pids {
+		_ = unix.Kill(pid, sig)
+	}
+}
+
+// findMarked lists the processes whose environment holds marker as a whole
+// NAME=value entry, except our own and the container's.
+func findMarked(marker []byte, protect int) []int {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil
+	}
+	self := os.Getpid()
+	var pids []int
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid == self || pid == protect {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + name + "/environ")
+		if err != nil || len(env) == 0 {
+			continue
+		}
+		if hasEntry(env, marker) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// hasEntry reports whether the NUL-separated environ holds entry exactly.
+func hasEntry(environ, entry []byte) bool {
+	for len(environ) > 0 {
+		var e []byte
+		if i := bytes.IndexByte(environ, 0); i >= 0 {
+			e, environ = environ[:i], environ[i+1:]
+		} else {
+			e, environ = environ, nil
+		}
+		if bytes.Equal(e, entry) {
+			return true
+		}
+	}
+	return false
+}
+
+// signalName returns the RFC 4254 (section 6.10) name of sig, or
+// "SIG@openssh.com" as OpenSSH's sshd sends for signals the RFC does not name.
+func signalName(sig syscall.Signal) string {
+	switch sig {
+	case unix.SIGABRT, unix.SIGALRM, unix.SIGFPE, unix.SIGHUP, unix.SIGILL, unix.SIGINT,
+		unix.SIGKILL, unix.SIGPIPE, unix.SIGQUIT, unix.SIGSEGV, unix.SIGTERM, unix.SIGUSR1,
+		unix.SIGUSR2:
+		return strings.TrimPrefix(unix.SignalName(sig), "SIG")
+	}
+	return "SIG@openssh.com"
+}

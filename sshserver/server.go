@@ -1,0 +1,241 @@
+// Package sshserver is darling-sshd's SSH side: the listener, the SSH
+// configuration, authentication against the authorized keys, and session
+// channels whose commands darlingexec runs inside the Darling prefix. It
+// knows SSH and wires auth and darlingexec together; it knows nothing of
+// Darling's quirks.
+package sshserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"slices"
+	"sync"
+	"time"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/darling-sshd/darling-sshd/auth"
+	"github.com/darling-sshd/darling-sshd/darlingexec"
+)
+
+// Options is everything `darling-sshd serve` is configured with.
+type Options struct {
+	Listen             string
+	Prefix             string
+	Darling            string // launcher path or name looked up in PATH
+	PrefixStyle        darlingexec.Style
+	HostKeyPath        string
+	AuthorizedKeysPath string
+	AllowUsers         []string
+	KillGrace          time.Duration
+	WarmTimeout        time.Duration
+	Log                *slog.Logger
+}
+
+// Server is a running darling-sshd.
+type Server struct {
+	opts     Options
+	log      *slog.Logger
+	hostKey  gossh.Signer
+	keys     *auth.AuthorizedKeys
+	launcher *darlingexec.Launcher
+	ssh      *gliderssh.Server
+
+	// ctx is cancelled when the server shuts down; running sessions then
+	// end with exit status 255.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closing bool
+	runs    sync.WaitGroup // running session commands
+}
+
+// New loads the keys and finds the launcher. It does not warm the prefix
+// or listen yet.
+func New(opts Options) (*Server, error) {
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	hostKey, err := auth.LoadOrGenerateHostKey(opts.HostKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := auth.LoadAuthorizedKeys(opts.AuthorizedKeysPath)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range keys.Rejected {
+		log.Warn("authorized key line ignored", "file", keys.Path, "line", r.Line, "reason", r.Reason)
+	}
+	launcherPath, err := exec.LookPath(opts.Darling)
+	if err != nil {
+		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", opts.Darling, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		opts:    opts,
+		log:     log,
+		hostKey: hostKey,
+		keys:    keys,
+		launcher: &darlingexec.Launcher{
+			Path:        launcherPath,
+			Prefix:      opts.Prefix,
+			Style:       opts.PrefixStyle,
+			KillGrace:   opts.KillGrace,
+			WarmTimeout: opts.WarmTimeout,
+			Log:         log,
+			HostEnv:     hostEnv(),
+		},
+		ctx:    ctx,
+		cancel: cancel,
+	}
+	s.ssh = &gliderssh.Server{
+		HostSigners:          []gliderssh.Signer{hostKey},
+		Version:              "darling-sshd",
+		PublicKeyHandler:     s.publicKey,
+		ServerConfigCallback: s.serverConfig,
+		ChannelHandlers:      map[string]gliderssh.ChannelHandler{"session": s.handleSession},
+		RequestHandlers:      map[string]gliderssh.RequestHandler{},
+		SubsystemHandlers:    map[string]gliderssh.SubsystemHandler{},
+		ConnectionFailedCallback: func(c net.Conn, err error) {
+			log.Info("connection failed", "remote", c.RemoteAddr().String(), "err", err)
+		},
+	}
+	return s, nil
+}
+
+// hostEnv returns HOME and PATH of the server's own user, which Darling
+// needs to start its container.
+func hostEnv() []string {
+	home := os.Getenv("HOME")
+	if home == "" {
+		if u, err := user.Current(); err == nil {
+			home = u.HomeDir
+		}
+	}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
+	return []string{"HOME=" + home, "PATH=" + path}
+}
+
+// serverConfig sets the algorithms explicitly (x/crypto's defaults include
+// SHA-1 and NIST choices) and logs authentication methods we never offer.
+func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
+	return &gossh.ServerConfig{
+		Config: gossh.Config{
+			KeyExchanges: []string{gossh.KeyExchangeMLKEM768X25519, gossh.KeyExchangeCurve25519},
+			Ciphers:      []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305},
+			MACs:         []string{gossh.HMACSHA256ETM, gossh.HMACSHA512ETM},
+		},
+		MaxAuthTries: 6,
+		AuthLogCallback: func(conn gossh.ConnMetadata, method string, err error) {
+			if method == "password" || method == "keyboard-interactive" {
+				s.log.Info("login refused", "reason", method+" authentication is not offered",
+					"user", conn.User(), "remote", conn.RemoteAddr().String())
+			}
+		},
+	}
+}
+
+// publicKey decides public key authentication: the user must be allowed
+// and the key listed in the authorized keys file.
+func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
+	fp := gossh.FingerprintSHA256(key)
+	if !slices.Contains(s.opts.AllowUsers, ctx.User()) {
+		s.log.Info("login refused", "reason", "user not allowed", "user", ctx.User(),
+			"remote", ctx.RemoteAddr().String(), "key", fp)
+		return false
+	}
+	if s.keys.Lookup(key) == nil {
+		s.log.Info("login refused", "reason", "key not authorized", "user", ctx.User(),
+			"remote", ctx.RemoteAddr().String(), "key", fp)
+		return false
+	}
+	return true
+}
+
+// Warm starts the prefix's container before any session can be handed a
+// cold start.
+func (s *Server) Warm(ctx context.Context) error {
+	return s.launcher.Warm(ctx)
+}
+
+// Serve accepts connections on l until Close.
+func (s *Server) Serve(l net.Listener) error {
+	err := s.ssh.Serve(l)
+	if errors.Is(err, gliderssh.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Run warms the prefix, listens, logs "listening" with the address, and
+// serves until ctx is done; then it ends what runs and returns.
+func Run(ctx context.Context, opts Options) error {
+	s, err := New(opts)
+	if err != nil {
+		return err
+	}
+	if err := s.Warm(ctx); err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", opts.Listen, err)
+	}
+	s.log.Info("listening", "addr", l.Addr().String(), "prefix", opts.Prefix,
+		"launcher", s.launcher.Path, "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(l) }()
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		s.log.Info("shutting down")
+	}
+	s.Close()
+	return err
+}
+
+// Close stops listening, ends running sessions (exit status 255 and a line
+// on stderr) and closes every connection.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.cancel()
+	// Stop accepting first, then let sessions send their exit status
+	// before the connections go.
+	_ = s.ssh.Shutdown(doneContext())
+	s.runs.Wait()
+	_ = s.ssh.Close()
+}
+
+// doneContext is an already cancelled context: Shutdown then closes the
+// listeners and returns without waiting for connections.
+func doneContext() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// startRun registers a session command; false once the server is closing.
+func (s *Server) startRun() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.runs.Add(1)
+	return true
+}

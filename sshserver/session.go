@@ -1,0 +1,252 @@
+package sshserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+
+	gliderssh "github.com/gliderlabs/ssh"
+	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/darling-sshd/darling-sshd/darlingexec"
+)
+
+// session is one "session" channel. A single goroutine (serve) reads the
+// channel's requests in order; the command, once started, runs in another
+// (run), which owns the output pumps and the exit frames.
+type session struct {
+	s    *Server
+	ch   gossh.Channel
+	conn *gossh.ServerConn
+	log  *slog.Logger
+	env  []string // accepted from the client
+
+	started bool
+	gone    chan struct{} // closed when the peer closed the channel or the connection died
+	runDone chan struct{} // closed when run has returned
+}
+
+// handleSession serves a "session" channel. It replaces gliderlabs' stock
+// handler, which sends exit-status without EOF, rewrites output once a pty
+// was requested and can deadlock on early window-change requests.
+func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ gliderssh.Context) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		s.log.Info("accept session channel", "remote", conn.RemoteAddr().String(), "err", err)
+		return
+	}
+	se := &session{
+		s:    s,
+		ch:   ch,
+		conn: conn,
+		log:  s.log.With("user", conn.User(), "remote", conn.RemoteAddr().String()),
+		gone: make(chan struct{}),
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			se.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+			conn.Close()
+		}
+	}()
+	se.serve(reqs)
+}
+
+// serve answers the channel's requests until the channel is closed. It
+// never blocks on the command: x/crypto stalls the whole connection when a
+// channel's request queue is full.
+func (se *session) serve(reqs <-chan *gossh.Request) {
+	for req := range reqs {
+		ok := false
+		switch req.Type {
+		case "env":
+			ok = se.setEnv(req.Payload)
+		case "exec":
+			var p struct{ Command string }
+			if err := gossh.Unmarshal(req.Payload, &p); err != nil || se.started {
+				break
+			}
+			ok = true
+			se.start(req, darlingexec.Request{Command: p.Command})
+			continue
+		case "shell":
+			if se.started {
+				break
+			}
+			ok = true
+			se.start(req, darlingexec.Request{Shell: true})
+			continue
+		}
+		if req.WantReply {
+			_ = req.Reply(ok, nil)
+		}
+	}
+	close(se.gone)
+	if se.runDone != nil {
+		<-se.runDone
+	}
+}
+
+// start replies to the exec or shell request and runs the command.
+func (se *session) start(req *gossh.Request, r darlingexec.Request) {
+	se.started = true
+	if req.WantReply {
+		_ = req.Reply(true, nil)
+	}
+	r.User = se.conn.User()
+	r.Env = append(se.connEnv(), se.env...)
+	se.runDone = make(chan struct{})
+	if !se.s.startRun() {
+		go func() {
+			defer close(se.runDone)
+			se.finishWithError("server is shutting down")
+		}()
+		return
+	}
+	go func() {
+		defer se.s.runs.Done()
+		defer close(se.runDone)
+		se.run(r)
+	}()
+}
+
+// connEnv is what the server itself tells the command about the connection.
+func (se *session) connEnv() []string {
+	rh, rp, _ := net.SplitHostPort(se.conn.RemoteAddr().String())
+	lh, lp, _ := net.SplitHostPort(se.conn.LocalAddr().String())
+	return []string{
+		"SSH_CONNECTION=" + rh + " " + rp + " " + lh + " " + lp,
+		"SSH_CLIENT=" + rh + " " + rp + " " + lp,
+	}
+}
+
+// run starts the command and pumps its stdio until it has exited and its
+// output is drained, then sends the exit frames in OpenSSH sshd's order:
+// all data, exit-status (or exit-signal), EOF, close.
+func (se *session) run(r darlingexec.Request) {
+	log := se.log
+	p, err := se.s.launcher.Start(se.s.ctx, r)
+	if err != nil {
+		log.Error("session not started", "err", err)
+		msg := err.Error()
+		if errors.Is(err, context.Canceled) {
+			msg = "server is shutting down"
+		}
+		se.finishWithError(msg)
+		return
+	}
+	log = log.With("pid", p.Pid())
+	if r.Shell {
+		log.Info("shell started")
+	} else {
+		log.Info("exec started", "command", truncate(r.Command, 200))
+	}
+
+	go func() {
+		// The client's EOF is the command's EOF. Many clients never
+		// half-close, so nothing waits on this copier.
+		_, _ = io.Copy(p.Stdin, se.ch)
+		p.Stdin.Close()
+	}()
+	outDone := make(chan struct{})
+	go func() {
+		errc := make(chan struct{}, 1)
+		go func() { pump(se.ch.Stderr(), p.Stderr); errc <- struct{}{} }()
+		pump(se.ch, p.Stdout)
+		<-errc
+		close(outDone)
+	}()
+
+	exited, drained, serverEnded, peerGone := false, false, false, false
+	gone, shutdown := se.gone, se.s.ctx.Done()
+	for !(exited && drained) {
+		select {
+		case <-p.Done():
+			exited = true
+		case <-outDone:
+			drained = true
+		case <-gone:
+			gone, peerGone = nil, true
+			log.Info("client went away; ending session processes")
+			se.end(p)
+		case <-shutdown:
+			shutdown, serverEnded = nil, true
+			log.Info("server shutting down; ending session")
+			se.end(p)
+		}
+	}
+	st, werr := p.Wait()
+	switch {
+	case peerGone:
+	case serverEnded:
+		se.finishWithError("server is shutting down")
+	case werr != nil:
+		log.Error("wait for launcher", "err", werr)
+		se.finishWithError("lost the command: " + werr.Error())
+	case st.Signal != "" && !st.Ended:
+		log.Info("session ended", "signal", st.Signal)
+		se.sendExitSignal(st)
+		se.closeChannel()
+	default:
+		log.Info("session ended", "status", st.Code)
+		se.sendExitStatus(uint32(st.Code))
+		se.closeChannel()
+	}
+	// A daemon the command left behind belongs to the session too.
+	p.Sweep(context.Background())
+}
+
+// end ends the session's processes and then stops reading their output,
+// which a process outside the session could still hold open.
+func (se *session) end(p *darlingexec.Process) {
+	p.End(context.Background())
+	p.Stdout.Close()
+	p.Stderr.Close()
+}
+
+// pump copies a command's output to the channel. If the channel refuses
+// writes (the client went away), it keeps draining so the command never
+// blocks on a full pipe before it is ended.
+func pump(dst io.Writer, src io.Reader) {
+	buf := make([]byte, 32*1024)
+	if _, err := io.CopyBuffer(dst, src, buf); err != nil {
+		_, _ = io.CopyBuffer(io.Discard, src, buf)
+	}
+}
+
+// finishWithError ends a session the server could not run or had to end:
+// one line on stderr, exit status 255, EOF, close.
+func (se *session) finishWithError(msg string) {
+	fmt.Fprintf(se.ch.Stderr(), "darling-sshd: %s\n", msg)
+	se.sendExitStatus(255)
+	se.closeChannel()
+}
+
+func (se *session) sendExitStatus(code uint32) {
+	_, _ = se.ch.SendRequest("exit-status", false, gossh.Marshal(struct{ Status uint32 }{code}))
+}
+
+func (se *session) sendExitSignal(st darlingexec.ExitStatus) {
+	_, _ = se.ch.SendRequest("exit-signal", false, gossh.Marshal(struct {
+		Signal     string
+		CoreDumped bool
+		Error      string
+		Lang       string
+	}{st.Signal, st.CoreDumped, "", ""}))
+}
+
+// closeChannel sends EOF, then close.
+func (se *session) closeChannel() {
+	_ = se.ch.CloseWrite()
+	_ = se.ch.Close()
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
