@@ -86,7 +86,7 @@ type Request struct {
 }
 
 // shQuote quotes s for a POSIX shell: inside single quotes everything is
-// literal, and a single quote becomes '\''. Darling's launcher quotes each
+// literal, and a single quote becomes '\”. Darling's launcher quotes each
 // argument the same way.
 func shQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
