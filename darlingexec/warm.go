@@ -1,6 +1,7 @@
 package darlingexec
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -25,10 +26,24 @@ func (l *Launcher) containerPid() int {
 	if err != nil || pid <= 0 {
 		return 0
 	}
-	if err := unix.Kill(pid, 0); err != nil && err != unix.EPERM {
+	if !processAlive(pid) {
 		return 0
 	}
 	return pid
+}
+
+// processAlive reports whether pid names a process that has not exited. A
+// zombie has exited: a container killed by `darling shutdown` can linger as
+// one under an init that does not reap.
+func processAlive(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may
+	// itself hold spaces or parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
 
 // EnsureWarm warms the prefix unless its container is running. Callers

@@ -1,0 +1,323 @@
+// Package integration drives the built darling-sshd binary end to end with
+// the real OpenSSH client, against the stand-in launcher test fixture in
+// ./standin (Darling cannot be installed on test machines).
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// bins holds the binaries TestMain builds.
+var bins struct {
+	server, standin string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "dsshd-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	bins.server = filepath.Join(dir, "darling-sshd")
+	bins.standin = filepath.Join(dir, "darling-standin")
+	// The server is built with the race detector: these tests are its
+	// concurrency tests too.
+	for _, b := range [][]string{
+		{"build", "-race", "-o", bins.server, "../cmd/darling-sshd"},
+		{"build", "-o", bins.standin, "./standin"},
+	} {
+		cmd := exec.Command("go", b...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "go", strings.Join(b, " "), err)
+			return 1
+		}
+	}
+	for _, tool := range []string{"ssh", "ssh-keygen"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			fmt.Fprintf(os.Stderr, "%s is needed (make test installs openssh-client)\n", tool)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// server is one darling-sshd process under test, with its own keys,
+// prefix and ssh config.
+type server struct {
+	t         *testing.T
+	dir       string // short temp dir: Darling's socket path limit
+	prefix    string
+	addr      string
+	port      string
+	sshConfig string
+	clientKey string
+	hostKey   string
+	cmd       *exec.Cmd
+	exited    chan struct{}
+	log       syncBuffer
+}
+
+type serverOpt struct {
+	args []string // extra serve flags
+	env  []string // extra server environment
+}
+
+// syncBuffer is a bytes.Buffer safe for one writer and many readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// run runs a command and fails the test if it fails.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// newKey makes an ed25519 key pair and returns the private key's path.
+func newKey(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p)
+	return p
+}
+
+// startServer starts darling-sshd on a free loopback port with a fresh
+// (cold, not yet created) prefix, and waits for its "listening" line.
+func startServer(t *testing.T, o serverOpt) *server {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{t: t, dir: dir, prefix: filepath.Join(dir, "p"), exited: make(chan struct{})}
+	t.Cleanup(s.cleanup)
+	s.clientKey = newKey(t, dir, "id_client")
+	s.hostKey = filepath.Join(dir, "hostkey", "ssh_host_ed25519_key")
+	args := append([]string{"serve",
+		"--listen", "127.0.0.1:0",
+		"--prefix", s.prefix,
+		"--darling", bins.standin,
+		"--host-key", s.hostKey,
+		"--authorized-keys", s.clientKey + ".pub",
+		"--kill-grace", killGrace.String(),
+		"--log-level", "debug",
+	}, o.args...)
+	s.cmd = exec.Command(bins.server, args...)
+	s.cmd.Env = append([]string{"HOME=/root", "PATH=" + os.Getenv("PATH"), noRaceExitSleep}, o.env...)
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(&s.log, line)
+			if strings.Contains(line, "msg=listening") {
+				for _, f := range strings.Fields(line) {
+					if a, ok := strings.CutPrefix(f, "addr="); ok {
+						ready <- a
+					}
+				}
+			}
+		}
+		s.cmd.Wait()
+		close(s.exited)
+	}()
+	select {
+	case s.addr = <-ready:
+	case <-s.exited:
+		t.Fatalf("server exited before listening:\n%s", s.log.String())
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("server not listening:\n%s", s.log.String())
+	}
+	_, s.port, _ = strings.Cut(s.addr, ":")
+	s.writeSSHConfig(s.clientKey)
+	return s
+}
+
+// writeSSHConfig writes an ssh -F config for host "dut" that pins the
+// server's host key.
+func (s *server) writeSSHConfig(identity string) {
+	t := s.t
+	hk := exec.Command(bins.server, "hostkey", "--host-key", s.hostKey)
+	hk.Env = append(os.Environ(), noRaceExitSleep)
+	pub, err := hk.Output()
+	if err != nil {
+		t.Fatalf("hostkey: %v", err)
+	}
+	kh := filepath.Join(s.dir, "known_hosts")
+	if err := os.WriteFile(kh, []byte("dut "+string(pub)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`Host dut
+  HostName 127.0.0.1
+  Port %s
+  User root
+  IdentityFile %s
+  IdentitiesOnly yes
+  HostKeyAlias dut
+  UserKnownHostsFile %s
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+  ControlMaster no
+  ControlPath none
+`, s.port, identity, kh)
+	s.sshConfig = filepath.Join(s.dir, "ssh_config")
+	if err := os.WriteFile(s.sshConfig, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ssh returns the real OpenSSH client running command on the server.
+func (s *server) ssh(ctx context.Context, extra ...string) *exec.Cmd {
+	args := append([]string{"-F", s.sshConfig}, extra...)
+	return exec.CommandContext(ctx, "ssh", args...)
+}
+
+// result is a finished ssh run.
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// exec runs command through ssh with stdin and returns its outputs.
+func (s *server) exec(command string, stdin string) result {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := s.ssh(ctx, "dut", "--", command)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		s.t.Fatalf("ssh %q did not finish: stdout %q stderr %q\nserver log:\n%s", command, out.String(), errb.String(), s.log.String())
+	}
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		s.t.Fatalf("ssh %q: %v", command, err)
+	}
+	return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
+}
+
+// stop sends SIGTERM and waits for the server to exit.
+func (s *server) stop() {
+	if s.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+		s.t.Errorf("server did not stop on SIGTERM:\n%s", s.log.String())
+	}
+}
+
+func (s *server) cleanup() {
+	s.stop()
+	if out, err := exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").CombinedOutput(); err != nil {
+		s.t.Errorf("stand-in shutdown: %v %s", err, out)
+	}
+	if s.t.Failed() {
+		s.t.Logf("server log:\n%s", s.log.String())
+	}
+	os.RemoveAll(s.dir)
+}
+
+// noRaceExitSleep stops the race-enabled server binary from sleeping a
+// second at exit.
+const noRaceExitSleep = "GORACE=atexit_sleep_ms=0"
+
+// killGrace is the servers' --kill-grace in these tests.
+const killGrace = 2 * time.Second
+
+// procsWithArgs returns the live (not zombie) processes whose command line
+// is exactly argv.
+func procsWithArgs(argv ...string) []int {
+	want := strings.Join(argv, "\x00") + "\x00"
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || string(cl) != want {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// waitFor polls cond until it holds or the timeout passes; it reports
+// whether it held. Polling is the signal here: process death in another
+// PID namespace has no event we can wait on.
+func waitFor(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
