@@ -98,10 +98,6 @@ func launcher(args []string) int {
 func quote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func shell(prefix string, args []string) int {
-	for _, s := range []int{int(syscall.SIGHUP), int(syscall.SIGINT), int(syscall.SIGQUIT), int(syscall.SIGTERM),
-		int(syscall.SIGPIPE), int(syscall.SIGUSR1), int(syscall.SIGUSR2), int(syscall.SIGALRM)} {
-		signal.Ignore(syscall.Signal(s))
-	}
 	req := request{Env: os.Environ(), UID: os.Getuid(), GID: os.Getgid()}
 	if len(args) > 0 {
 		q := make([]string, len(args))
@@ -125,6 +121,10 @@ func shell(prefix string, args []string) int {
 	if err := ensureContainer(prefix); err != nil {
 		return fail("darling: %v", err)
 	}
+	// Ignored only now: a container started above must not inherit
+	// SIG_IGN and hand it down to every command.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
+		syscall.SIGPIPE, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
 	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(prefix, sockRel), Net: "unix"})
 	if err != nil {
 		return fail("darling: connect to shellspawn: %v", err)

@@ -1,0 +1,280 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// uniqueSleep returns a sleep duration no other test uses, so the
+// process can be found by its command line.
+func uniqueSleep() string {
+	return strconv.Itoa(100000 + rand.IntN(800000))
+}
+
+// TestKilledClientEndsProcesses kills the ssh client: the command and what
+// it started in the background must be gone within the kill grace.
+func TestKilledClientEndsProcesses(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	a, b := uniqueSleep(), uniqueSleep()
+	cmd := s.ssh(context.Background(), "dut", fmt.Sprintf("sleep %s & sleep %s", a, b))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	running := func() bool { return len(procsWithArgs("sleep", a)) == 1 && len(procsWithArgs("sleep", b)) == 1 }
+	if !waitFor(time.Minute, running) {
+		cmd.Process.Kill()
+		t.Fatalf("remote sleeps never started")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	gone := func() bool { return len(procsWithArgs("sleep", a)) == 0 && len(procsWithArgs("sleep", b)) == 0 }
+	if !waitFor(killGrace+5*time.Second, gone) {
+		t.Errorf("remote processes still running %s after the client was killed: %v %v",
+			killGrace+5*time.Second, procsWithArgs("sleep", a), procsWithArgs("sleep", b))
+	}
+	// Those sleeps ignore nothing: SIGHUP ends them. A command that
+	// ignores SIGHUP must still go, by SIGKILL after the grace.
+	c := uniqueSleep()
+	cmd = s.ssh(context.Background(), "dut", fmt.Sprintf("trap '' HUP; sleep %s", c))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Minute, func() bool { return len(procsWithArgs("sleep", c)) == 1 }) {
+		cmd.Process.Kill()
+		t.Fatalf("remote sleep never started")
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if !waitFor(killGrace+5*time.Second, func() bool { return len(procsWithArgs("sleep", c)) == 0 }) {
+		t.Errorf("a process ignoring SIGHUP survived the kill grace")
+	}
+}
+
+// TestControlMaster runs four sessions over one connection; ending one
+// ends only its own processes.
+func TestControlMaster(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	sock := filepath.Join(s.dir, "cm")
+	master := s.ssh(context.Background(), "-o", "ControlMaster=yes", "-o", "ControlPath="+sock, "-N", "dut")
+	if err := master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		master.Process.Kill()
+		master.Wait()
+	}()
+	if !waitFor(time.Minute, func() bool {
+		return s.ssh(context.Background(), "-o", "ControlPath="+sock, "-O", "check", "dut").Run() == nil
+	}) {
+		t.Fatal("control master never came up")
+	}
+	var clients []*exec.Cmd
+	var sleeps []string
+	for range 4 {
+		d := uniqueSleep()
+		c := s.ssh(context.Background(), "-o", "ControlPath="+sock, "dut", "sleep "+d)
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		clients, sleeps = append(clients, c), append(sleeps, d)
+	}
+	defer func() {
+		for _, c := range clients {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}()
+	if !waitFor(time.Minute, func() bool {
+		for _, d := range sleeps {
+			if len(procsWithArgs("sleep", d)) != 1 {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("four sessions over one connection did not all start")
+	}
+	// One connection: the server saw a single TCP peer for all four.
+	if n := strings.Count(s.log.String(), "exec started"); n != 4 {
+		t.Errorf("server saw %d exec sessions, want 4", n)
+	}
+	clients[0].Process.Kill()
+	clients[0].Wait()
+	if !waitFor(killGrace+5*time.Second, func() bool { return len(procsWithArgs("sleep", sleeps[0])) == 0 }) {
+		t.Fatal("the closed session's process survived")
+	}
+	for _, d := range sleeps[1:] {
+		if len(procsWithArgs("sleep", d)) != 1 {
+			t.Errorf("sleep %s of another session was ended too", d)
+		}
+	}
+	// Ending a session normally over the master works too.
+	out, err := s.ssh(context.Background(), "-o", "ControlPath="+sock, "dut", "echo via master").Output()
+	if err != nil || string(out) != "via master\n" {
+		t.Errorf("session over master: %v %q", err, out)
+	}
+}
+
+// TestAuthRefused: a wrong key, an unknown user and a password attempt
+// are all refused, and each refusal is logged with its reason.
+func TestAuthRefused(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	other := newKey(t, s.dir, "id_other")
+
+	wrongKey := exec.CommandContext(ctx, "ssh", "-F", "/dev/null", "-p", s.port, "-i", other, "-o", "IdentitiesOnly=yes",
+		"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "root@127.0.0.1", "true")
+	if out, err := wrongKey.CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
+		t.Errorf("wrong key: %v %s", err, out)
+	}
+	if !strings.Contains(s.log.String(), `reason="key not authorized"`) {
+		t.Errorf("wrong key refusal not logged")
+	}
+
+	if out, err := s.ssh(ctx, "-l", "nobody", "dut", "true").CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
+		t.Errorf("unknown user: %v %s", err, out)
+	}
+	if !strings.Contains(s.log.String(), `reason="user not allowed" user=nobody`) {
+		t.Errorf("unknown user refusal not logged")
+	}
+
+	pw := s.ssh(ctx, "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive", "dut", "true")
+	out, err := pw.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Permission denied (publickey)") {
+		t.Errorf("password attempt: %v %s (want only publickey offered)", err, out)
+	}
+	if r := s.exec("echo ok", ""); r.stdout != "ok\n" {
+		t.Errorf("right key after refusals: %+v", r)
+	}
+}
+
+// TestColdStartFixtureHoldsStdout shows the stand-in reproduces Darling's
+// cold-start bug (#1510) that the warm-up exists for: the first call's
+// stdout gets startup noise and never reaches EOF.
+func TestColdStartFixtureHoldsStdout(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Join(dir, "p")
+	defer func() {
+		exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
+		os.RemoveAll(dir)
+	}()
+	cmd := exec.Command(bins.standin, "--prefix", prefix, "shell", "echo", "hello")
+	cmd.Env = []string{"HOME=/root", "PATH=/usr/bin:/bin"}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Read until the command's own output arrived; the launcher exits.
+	var got bytes.Buffer
+	buf := make([]byte, 4096)
+	for !strings.Contains(got.String(), "hello\n") {
+		n, err := stdout.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("stdout ended early: %v %q", err, got.String())
+		}
+	}
+	if !strings.Contains(got.String(), "Bootstrapping the container") {
+		t.Errorf("cold start printed no bootstrap line to stdout: %q", got.String())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("launcher: %v", err)
+	}
+	// The launcher has exited, yet stdout stays open: the container holds
+	// it. Shutting the container down releases it.
+	eof := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, stdout)
+		close(eof)
+	}()
+	select {
+	case <-eof:
+		t.Fatal("stdout reached EOF although the container holds it")
+	default:
+	}
+	exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
+	<-eof
+}
+
+// TestColdPrefixWarmUp: every server here starts on a prefix that does not
+// exist yet. The first session is still clean, and after the container
+// dies the next session is clean too: the server warms it again first.
+func TestColdPrefixWarmUp(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	if r := s.exec("echo first", ""); r.stdout != "first\n" || r.stderr != "" || r.code != 0 {
+		t.Errorf("first session on a cold prefix: %+v", r)
+	}
+	if out, err := exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").CombinedOutput(); err != nil {
+		t.Fatalf("shutdown: %v %s", err, out)
+	}
+	if r := s.exec("echo again", ""); r.stdout != "again\n" || r.stderr != "" || r.code != 0 {
+		t.Errorf("first session after the container died: %+v", r)
+	}
+	if n := strings.Count(s.log.String(), `msg="prefix warm"`); n != 2 {
+		t.Errorf("prefix warmed %d times, want 2 (start, after the container died)", n)
+	}
+}
+
+// TestWarmUpFailsStartup: a launcher that never answers fails start-up
+// with a line naming the prefix.
+func TestWarmUpFailsStartup(t *testing.T) {
+	dir := t.TempDir()
+	hang := filepath.Join(dir, "hanging-darling")
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nexec sleep 1000\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t, dir, "id")
+	cmd := exec.Command(bins.server, "serve", "--listen", "127.0.0.1:0", "--prefix", "/nonexistent/prefix",
+		"--darling", hang, "--host-key", filepath.Join(dir, "hk"), "--authorized-keys", key+".pub", "--warm-timeout", "1s")
+	cmd.Env = []string{"HOME=/root", "PATH=/usr/bin:/bin", noRaceExitSleep}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("serve with a hanging launcher: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "/nonexistent/prefix") || !strings.Contains(string(out), "no answer within 1s") {
+		t.Errorf("error does not name the prefix and the cause:\n%s", out)
+	}
+}
+
+// TestServerShutdownEndsSessions: SIGTERM ends a running session with
+// exit status 255 and a line on stderr, and its processes.
+func TestServerShutdownEndsSessions(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	d := uniqueSleep()
+	cmd := s.ssh(context.Background(), "dut", "sleep "+d)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Minute, func() bool { return len(procsWithArgs("sleep", d)) == 1 }) {
+		t.Fatal("remote sleep never started")
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Wait()
+	if code := cmd.ProcessState.ExitCode(); code != 255 || !strings.Contains(stderr.String(), "shutting down") {
+		t.Errorf("session at shutdown: exit %d stderr %q", code, stderr.String())
+	}
+	if len(procsWithArgs("sleep", d)) != 0 {
+		t.Errorf("session process survived the server's shutdown")
+	}
+	<-s.exited
+}
