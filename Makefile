@@ -1,0 +1,73 @@
+# darling-sshd. `make run` serves on 127.0.0.1:2222; `make test` installs
+# what a fresh Debian machine lacks and runs vet, unit and integration tests.
+
+SHELL    := /bin/bash
+GO       ?= go
+BIN      := bin
+RUN_DIR  := .run
+PORT     ?= 2222
+DEB_PKGS := openssh-client openssh-server nix-bin tmux ssh-audit rsync gcc
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: build run test deps vet lint clean
+
+build:
+	$(GO) build -o $(BIN)/darling-sshd ./cmd/darling-sshd
+
+# run: serve on 127.0.0.1:$(PORT) with keys generated under $(RUN_DIR)/.
+# Without a real `darling`, the stand-in launcher test fixture is used.
+run: build
+	@mkdir -p $(RUN_DIR)
+	@set -e; \
+	if command -v darling >/dev/null 2>&1; then \
+		launcher=$$(command -v darling); style=env; \
+		echo "darling-sshd: using Darling at $$launcher"; \
+	else \
+		$(GO) build -o $(BIN)/darling-standin ./integration/standin; \
+		launcher=$(CURDIR)/$(BIN)/darling-standin; style=flag; \
+		echo "######################################################################"; \
+		echo "## WARNING: NO DARLING INSTALLED. Using the STAND-IN LAUNCHER, a TEST"; \
+		echo "## FIXTURE ($$launcher):"; \
+		echo "## commands run in a Linux chroot imitating a prefix, NOT in macOS."; \
+		echo "######################################################################"; \
+	fi; \
+	[ -f $(RUN_DIR)/client_key ] || ssh-keygen -q -t ed25519 -N '' -C darling-sshd-run -f $(RUN_DIR)/client_key; \
+	echo "[127.0.0.1]:$(PORT) $$($(BIN)/darling-sshd hostkey --host-key $(RUN_DIR)/ssh_host_ed25519_key)" > $(RUN_DIR)/known_hosts; \
+	echo "try:  ssh -p $(PORT) -i $(RUN_DIR)/client_key -o UserKnownHostsFile=$(RUN_DIR)/known_hosts root@127.0.0.1 uname"; \
+	trap '' INT; \
+	status=0; \
+	$(BIN)/darling-sshd serve --listen 127.0.0.1:$(PORT) --prefix $(CURDIR)/$(RUN_DIR)/prefix \
+		--darling "$$launcher" --prefix-style $$style \
+		--host-key $(RUN_DIR)/ssh_host_ed25519_key --authorized-keys $(RUN_DIR)/client_key.pub || status=$$?; \
+	DPREFIX=$(CURDIR)/$(RUN_DIR)/prefix "$$launcher" shutdown || true; \
+	exit $$status
+
+# deps installs the Debian packages the tests use, only those missing,
+# without starting their services.
+deps:
+	@missing=""; \
+	for p in $(DEB_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		policy=/usr/sbin/policy-rc.d; added=""; \
+		if [ ! -e $$policy ]; then printf '#!/bin/sh\nexit 101\n' > $$policy; chmod 755 $$policy; added=1; fi; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; status=$$?; \
+		[ -z "$$added" ] || rm -f $$policy; \
+		exit $$status; \
+	fi
+
+vet:
+	$(GO) vet ./...
+
+test: deps vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+lint: vet
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) run $(STATICCHECK) ./...
+
+clean:
+	-[ -x $(BIN)/darling-standin ] && DPREFIX=$(CURDIR)/$(RUN_DIR)/prefix $(BIN)/darling-standin shutdown
+	rm -rf $(BIN) $(RUN_DIR)

@@ -1,0 +1,150 @@
+package darlingexec
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestArgs(t *testing.T) {
+	for _, tc := range []struct {
+		style Style
+		req   Request
+		want  []string
+	}{
+		{StyleFlag, Request{Command: "nix-store --serve --write"},
+			[]string{"--prefix", "/p", "shell", "/bin/sh", "-c", Script("nix-store --serve --write")}},
+		{StyleEnv, Request{Command: "true"}, []string{"shell", "/bin/sh", "-c", Script("true")}},
+		{StyleFlag, Request{Shell: true}, []string{"--prefix", "/p", "shell"}},
+		{StyleEnv, Request{Shell: true}, []string{"shell"}},
+		// An exec of the empty string is a command, not a login shell.
+		{StyleEnv, Request{Command: ""}, []string{"shell", "/bin/sh", "-c", Script("")}},
+	} {
+		l := &Launcher{Prefix: "/p", Style: tc.style}
+		if got := l.Args(tc.req); !slices.Equal(got, tc.want) {
+			t.Errorf("%s %+v:\n got %q\nwant %q", tc.style, tc.req, got, tc.want)
+		}
+	}
+}
+
+// darlingJoin is what Darling's launcher does with the arguments after
+// "shell": single-quote each, join with spaces, for bash -c.
+func darlingJoin(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(q, " ")
+}
+
+// TestScriptReachesShExactly runs the script as Darling would (bash -c on
+// the joined, quoted arguments) and compares with sh -c on the command.
+func TestScriptReachesShExactly(t *testing.T) {
+	home := t.TempDir()
+	for _, c := range []string{
+		`printf '%s\n' "$0"`,
+		`printf '<%s>' 'a'\''b' "c\"d" '$x' "\$y" '\'`,
+		"printf 'multi\\nline\\n'\necho second",
+		`printf '%s\n' 'UTF-8 ✓ 日本'`,
+		`echo "$((1+2))" ; exit 7`,
+		``,
+		`'`,
+	} {
+		l := &Launcher{Prefix: "/p", Style: StyleEnv}
+		args := l.Args(Request{Command: c})
+		viaDarling := exec.Command("bash", "--norc", "-c", darlingJoin(args[1:]))
+		viaDarling.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+		viaDarling.Dir = home
+		got, gerr := viaDarling.CombinedOutput()
+		direct := exec.Command("/bin/sh", "-c", c)
+		direct.Dir = home
+		want, werr := direct.CombinedOutput()
+		if string(got) != string(want) || exitCode(gerr) != exitCode(werr) {
+			t.Errorf("%q: via the launcher %q (exit %d), sh -c %q (exit %d)", c, got, exitCode(gerr), want, exitCode(werr))
+		}
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+func TestEnvFromScratch(t *testing.T) {
+	l := &Launcher{Prefix: "/var/lib/p", HostEnv: []string{"HOME=/root", "PATH=/usr/bin"}}
+	got := l.Env(Request{User: "root", Env: []string{"SSH_CONNECTION=a b c d", "TERM=xterm"}}, "abc")
+	want := []string{"HOME=/root", "PATH=/usr/bin", "DPREFIX=/var/lib/p", "USER=root", "LOGNAME=root",
+		"SSH_CONNECTION=a b c d", "TERM=xterm", SessionVar + "=abc"}
+	if !slices.Equal(got, want) {
+		t.Errorf("env\n got %q\nwant %q", got, want)
+	}
+	// The warm-up carries no session marker: the container it starts must
+	// never be taken for a session's process.
+	for _, kv := range l.Env(Request{}, "") {
+		if strings.HasPrefix(kv, SessionVar+"=") {
+			t.Errorf("warm-up env has %s", kv)
+		}
+	}
+}
+
+func TestCheckLimits(t *testing.T) {
+	l := &Launcher{Prefix: "/p", Style: StyleFlag}
+	fixed := darlingJoin(l.Args(Request{Command: ""})[3:])
+	// A command of n plain bytes adds n to the joined string.
+	room := MaxMessage - 1 - len(fixed)
+	if err := Check(l.Args(Request{Command: strings.Repeat("x", room)}), nil); err != nil {
+		t.Errorf("command exactly at the limit refused: %v", err)
+	}
+	if err := Check(l.Args(Request{Command: strings.Repeat("x", room+1)}), nil); !errors.Is(err, ErrTooLong) {
+		t.Errorf("command one byte over: %v, want ErrTooLong", err)
+	}
+	// Each quote costs 13 bytes once quoted twice (by us, then Darling).
+	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13+1)}), nil); !errors.Is(err, ErrTooLong) {
+		t.Errorf("quotes over the limit once quoted: %v, want ErrTooLong", err)
+	}
+	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13)}), nil); err != nil {
+		t.Errorf("quotes under the limit once quoted: %v", err)
+	}
+	if err := Check(nil, []string{"X=" + strings.Repeat("v", MaxMessage-3)}); err != nil {
+		t.Errorf("variable at the limit: %v", err)
+	}
+	if err := Check(nil, []string{"X=" + strings.Repeat("v", MaxMessage-2)}); !errors.Is(err, ErrTooLong) {
+		t.Errorf("variable over the limit: %v", err)
+	}
+	if err := Check(l.Args(Request{Command: "a\x00b"}), nil); err == nil {
+		t.Errorf("NUL in command accepted")
+	}
+}
+
+func TestHasEntry(t *testing.T) {
+	env := []byte("A=1\x00DARLING_SSHD_SESSION=abc\x00B=2\x00")
+	if !hasEntry(env, []byte("DARLING_SSHD_SESSION=abc")) {
+		t.Error("marker not found")
+	}
+	for _, no := range []string{"DARLING_SSHD_SESSION=ab", "SSHD_SESSION=abc", "DARLING_SSHD_SESSION=abcd"} {
+		if hasEntry(env, []byte(no)) {
+			t.Errorf("%q matched", no)
+		}
+	}
+	if !hasEntry([]byte("X=1\x00DARLING_SSHD_SESSION=abc"), []byte("DARLING_SSHD_SESSION=abc")) {
+		t.Error("last entry without NUL not found")
+	}
+}
+
+func TestSignalName(t *testing.T) {
+	for sig, want := range map[int]string{1: "HUP", 9: "KILL", 15: "TERM", 6: "ABRT", 7: "SIG@openssh.com"} {
+		if got := signalName(syscall.Signal(sig)); got != want {
+			t.Errorf("signal %d: %q, want %q", sig, got, want)
+		}
+	}
+}

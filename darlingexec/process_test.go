@@ -1,0 +1,89 @@
+package darlingexec
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// detachingLauncher writes a launcher that, like Darling, runs the command
+// outside its own process tree (setsid, reparented) and stays until it ends.
+func detachingLauncher(t *testing.T) *Launcher {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "launcher")
+	script := `#!/bin/sh
+[ "$1" = --prefix ] && shift 2
+shift
+setsid -f "$@"
+exec sleep 1000
+`
+	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A live pid in .init.pid: the "container" runs, no warm-up needed.
+	prefix := filepath.Join(dir, "p")
+	if err := os.MkdirAll(prefix, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(prefix, ".init.pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &Launcher{
+		Path: path, Prefix: prefix, Style: StyleFlag,
+		KillGrace: time.Second, WarmTimeout: 10 * time.Second,
+		Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HostEnv: []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")},
+	}
+}
+
+func sleepers(arg string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || string(b) != "sleep\x00"+arg+"\x00" {
+			continue
+		}
+		pid, _ := strconv.Atoi(e.Name())
+		if processAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// TestEndFindsDetachedProcesses: End reaches a process the launcher did
+// not start as its descendant, through the session marker.
+func TestEndFindsDetachedProcesses(t *testing.T) {
+	l := detachingLauncher(t)
+	arg := strconv.Itoa(int(time.Now().UnixNano()%900000) + 100000)
+	p, err := l.Start(context.Background(), Request{Command: "trap '' HUP; sleep " + arg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(sleepers(arg)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("detached command never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.End(context.Background())
+	if left := sleepers(arg); len(left) != 0 {
+		t.Errorf("End returned with session processes left: %v", left)
+	}
+	st, _ := p.Wait()
+	if !st.Ended || st.Signal == "" {
+		t.Errorf("launcher status %+v: want ended by a signal the server sent", st)
+	}
+	if !strings.Contains(string(p.marker), SessionVar+"=") {
+		t.Errorf("marker %q", p.marker)
+	}
+}
