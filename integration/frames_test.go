@@ -2,9 +2,13 @@ package integration
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"os"
+	"regexp"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -116,4 +120,42 @@ func truncated(b []byte) string {
 		return string(b[:40]) + "…"
 	}
 	return string(b)
+}
+
+// TestLauncherKilled: when the launcher dies of a signal the server did
+// not send, the client gets exit-signal with its name, and the session's
+// processes are ended.
+func TestLauncherKilled(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	c := s.dialGo(t)
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := uniqueSleep()
+	if err := sess.Start("sleep " + d); err != nil {
+		t.Fatal(err)
+	}
+	var launcher int
+	if !waitFor(time.Minute, func() bool {
+		m := regexp.MustCompile(`msg="exec started" .* pid=(\d+) command="sleep ` + d + `"`).FindStringSubmatch(s.log.String())
+		if m == nil || len(procsWithArgs("sleep", d)) != 1 {
+			return false
+		}
+		launcher, _ = strconv.Atoi(m[1])
+		return true
+	}) {
+		t.Fatal("session never started")
+	}
+	if err := syscall.Kill(launcher, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err = sess.Wait()
+	var ee *gossh.ExitError
+	if !errors.As(err, &ee) || ee.Signal() != "KILL" {
+		t.Errorf("session end: %v, want exit-signal KILL", err)
+	}
+	if !waitFor(killGrace+5*time.Second, func() bool { return len(procsWithArgs("sleep", d)) == 0 }) {
+		t.Error("session processes survived the launcher's death")
+	}
 }

@@ -166,6 +166,13 @@ func (se *session) run(r darlingexec.Request) {
 		select {
 		case <-p.Done():
 			exited = true
+			if st, _ := p.Wait(); st.Signal != "" && !st.Ended {
+				// The launcher itself was killed: Darling then SIGKILLs
+				// only the command's direct child, and the rest of the
+				// session is orphaned, possibly holding the output open.
+				log.Warn("launcher died of a signal; ending session processes", "signal", st.Signal)
+				se.end(p)
+			}
 		case <-outDone:
 			drained = true
 		case <-gone:
