@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -228,5 +229,20 @@ func TestCommandTooLong(t *testing.T) {
 	}
 	if r := s.exec("echo still serving", ""); r.stdout != "still serving\n" {
 		t.Errorf("after refusal: %+v", r)
+	}
+}
+
+// TestPrefixStyleEnv serves through an upstream-style launcher that has no
+// --prefix option: the prefix reaches it as DPREFIX only.
+func TestPrefixStyleEnv(t *testing.T) {
+	dir := t.TempDir()
+	upstream := filepath.Join(dir, "darling")
+	script := "#!/bin/sh\ncase \"$1\" in --prefix) echo \"darling: unrecognized option '--prefix'\" >&2; exit 1;; esac\nexec " + bins.standin + " \"$@\"\n"
+	if err := os.WriteFile(upstream, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, serverOpt{args: []string{"--darling", upstream, "--prefix-style", "env"}})
+	if r := s.exec(`printf '%s\n' "$DPREFIX"`, ""); r.stdout != s.prefix+"\n" || r.code != 0 {
+		t.Errorf("env style: %+v", r)
 	}
 }
