@@ -93,13 +93,23 @@ func shQuote(s string) string {
 }
 
 // Script is what /bin/sh -c runs inside the prefix for a command: set up
-// the session, then exec /bin/sh -c with the client's command untouched.
-func Script(command string) string {
-	return `cd "$HOME" 2>/dev/null; ` + nixPath + "; exec /bin/sh -c " + shQuote(command)
+// the session, print the start marker to stdout, then exec /bin/sh -c with
+// the client's command untouched. The marker is printed from two pieces so
+// that the script's own text never contains it.
+func Script(command, marker string) string {
+	var b strings.Builder
+	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
+	if marker != "" {
+		half := len(marker) / 2
+		b.WriteString("printf '%s%s' " + shQuote(marker[:half]) + " " + shQuote(marker[half:]) + "; ")
+	}
+	b.WriteString("exec /bin/sh -c " + shQuote(command))
+	return b.String()
 }
 
-// Args returns the launcher's arguments (without argv[0]) for a request.
-func (l *Launcher) Args(req Request) []string {
+// Args returns the launcher's arguments (without argv[0]) for a request;
+// marker is the stdout start marker ("" for none).
+func (l *Launcher) Args(req Request, marker string) []string {
 	var args []string
 	if l.Style == StyleFlag {
 		args = append(args, "--prefix", l.Prefix)
@@ -108,7 +118,7 @@ func (l *Launcher) Args(req Request) []string {
 	if req.Shell && req.Command == "" {
 		return args
 	}
-	return append(args, "/bin/sh", "-c", Script(req.Command))
+	return append(args, "/bin/sh", "-c", Script(req.Command, marker))
 }
 
 // shellArgs returns the arguments after "shell" in args.

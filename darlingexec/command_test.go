@@ -17,15 +17,15 @@ func TestArgs(t *testing.T) {
 		want  []string
 	}{
 		{StyleFlag, Request{Command: "nix-store --serve --write"},
-			[]string{"--prefix", "/p", "shell", "/bin/sh", "-c", Script("nix-store --serve --write")}},
-		{StyleEnv, Request{Command: "true"}, []string{"shell", "/bin/sh", "-c", Script("true")}},
+			[]string{"--prefix", "/p", "shell", "/bin/sh", "-c", Script("nix-store --serve --write", "")}},
+		{StyleEnv, Request{Command: "true"}, []string{"shell", "/bin/sh", "-c", Script("true", "")}},
 		{StyleFlag, Request{Shell: true}, []string{"--prefix", "/p", "shell"}},
 		{StyleEnv, Request{Shell: true}, []string{"shell"}},
 		// An exec of the empty string is a command, not a login shell.
-		{StyleEnv, Request{Command: ""}, []string{"shell", "/bin/sh", "-c", Script("")}},
+		{StyleEnv, Request{Command: ""}, []string{"shell", "/bin/sh", "-c", Script("", "")}},
 	} {
 		l := &Launcher{Prefix: "/p", Style: tc.style}
-		if got := l.Args(tc.req); !slices.Equal(got, tc.want) {
+		if got := l.Args(tc.req, ""); !slices.Equal(got, tc.want) {
 			t.Errorf("%s %+v:\n got %q\nwant %q", tc.style, tc.req, got, tc.want)
 		}
 	}
@@ -55,15 +55,20 @@ func TestScriptReachesShExactly(t *testing.T) {
 		`'`,
 	} {
 		l := &Launcher{Prefix: "/p", Style: StyleEnv}
-		args := l.Args(Request{Command: c})
+		const marker = "\x1emark:0123456789\x1e"
+		args := l.Args(Request{Command: c}, marker)
+		if strings.Contains(args[len(args)-1], marker) {
+			t.Errorf("the script holds the marker literally: %q", args[len(args)-1])
+		}
 		viaDarling := exec.Command("bash", "--norc", "-c", darlingJoin(args[1:]))
 		viaDarling.Env = []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
 		viaDarling.Dir = home
-		got, gerr := viaDarling.CombinedOutput()
+		raw, gerr := viaDarling.CombinedOutput()
 		direct := exec.Command("/bin/sh", "-c", c)
 		direct.Dir = home
 		want, werr := direct.CombinedOutput()
-		if string(got) != string(want) || exitCode(gerr) != exitCode(werr) {
+		got, ok := strings.CutPrefix(string(raw), marker)
+		if !ok || got != string(want) || exitCode(gerr) != exitCode(werr) {
 			t.Errorf("%q: via the launcher %q (exit %d), sh -c %q (exit %d)", c, got, exitCode(gerr), want, exitCode(werr))
 		}
 	}
@@ -99,20 +104,20 @@ func TestEnvFromScratch(t *testing.T) {
 
 func TestCheckLimits(t *testing.T) {
 	l := &Launcher{Prefix: "/p", Style: StyleFlag}
-	fixed := darlingJoin(l.Args(Request{Command: ""})[3:])
+	fixed := darlingJoin(l.Args(Request{Command: ""}, "")[3:])
 	// A command of n plain bytes adds n to the joined string.
 	room := MaxMessage - 1 - len(fixed)
-	if err := Check(l.Args(Request{Command: strings.Repeat("x", room)}), nil); err != nil {
+	if err := Check(l.Args(Request{Command: strings.Repeat("x", room)}, ""), nil); err != nil {
 		t.Errorf("command exactly at the limit refused: %v", err)
 	}
-	if err := Check(l.Args(Request{Command: strings.Repeat("x", room+1)}), nil); !errors.Is(err, ErrTooLong) {
+	if err := Check(l.Args(Request{Command: strings.Repeat("x", room+1)}, ""), nil); !errors.Is(err, ErrTooLong) {
 		t.Errorf("command one byte over: %v, want ErrTooLong", err)
 	}
 	// Each quote costs 13 bytes once quoted twice (by us, then Darling).
-	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13+1)}), nil); !errors.Is(err, ErrTooLong) {
+	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13+1)}, ""), nil); !errors.Is(err, ErrTooLong) {
 		t.Errorf("quotes over the limit once quoted: %v, want ErrTooLong", err)
 	}
-	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13)}), nil); err != nil {
+	if err := Check(l.Args(Request{Command: strings.Repeat("'", room/13)}, ""), nil); err != nil {
 		t.Errorf("quotes under the limit once quoted: %v", err)
 	}
 	if err := Check(nil, []string{"X=" + strings.Repeat("v", MaxMessage-3)}); err != nil {
@@ -121,7 +126,7 @@ func TestCheckLimits(t *testing.T) {
 	if err := Check(nil, []string{"X=" + strings.Repeat("v", MaxMessage-2)}); !errors.Is(err, ErrTooLong) {
 		t.Errorf("variable over the limit: %v", err)
 	}
-	if err := Check(l.Args(Request{Command: "a\x00b"}), nil); err == nil {
+	if err := Check(l.Args(Request{Command: "a\x00b"}, ""), nil); err == nil {
 		t.Errorf("NUL in command accepted")
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -33,9 +34,12 @@ type ExitStatus struct {
 // for it inside the container.
 type Process struct {
 	// Stdin is the write end of the command's stdin; closing it is the
-	// command's EOF. Stdout and Stderr are the read ends of its output.
+	// command's EOF. Stdout and Stderr read its output; Stdout starts
+	// where the command started, after any startup noise.
 	Stdin          *os.File
-	Stdout, Stderr *os.File
+	Stdout, Stderr io.Reader
+
+	outFiles [2]*os.File // the read ends behind Stdout and Stderr
 
 	cmd     *exec.Cmd
 	marker  []byte // "DARLING_SSHD_SESSION=<id>" as found in /proc/<pid>/environ
@@ -64,7 +68,11 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := l.Args(req)
+	var marker string
+	if req.Command != "" || !req.Shell {
+		marker = "\x1edarling-sshd:" + id + "\x1e"
+	}
+	args := l.Args(req, marker)
 	env := l.Env(req, id)
 	if err := Check(args, env); err != nil {
 		return nil, err
@@ -102,11 +110,16 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	files[3].Close()
 	files[5].Close()
 
+	var stdout io.Reader = files[2]
+	if marker != "" {
+		stdout = &markerReader{r: files[2], marker: []byte(marker), log: l.Log}
+	}
 	p := &Process{
-		Stdin:  files[1],
-		Stdout: files[2],
-		Stderr: files[4],
-		cmd:    cmd,
+		Stdin:    files[1],
+		Stdout:   stdout,
+		Stderr:   files[4],
+		outFiles: [2]*os.File{files[2], files[4]},
+		cmd:      cmd,
 		marker: []byte(SessionVar + "=" + id),
 		l:      l,
 		done:   make(chan struct{}),
@@ -143,6 +156,13 @@ func (p *Process) Done() <-chan struct{} { return p.done }
 func (p *Process) Wait() (ExitStatus, error) {
 	<-p.done
 	return p.status, p.waitErr
+}
+
+// CloseOutput stops reading the command's output; pending reads return.
+// It is for a session being ended, whose output nobody wants any more.
+func (p *Process) CloseOutput() {
+	p.outFiles[0].Close()
+	p.outFiles[1].Close()
 }
 
 // Pid is the launcher's process id.

@@ -71,7 +71,7 @@ func (l *Launcher) Warm(ctx context.Context) error {
 func (l *Launcher) warmLocked(ctx context.Context) error {
 	start := time.Now()
 	req := Request{Command: "true"}
-	cmd := exec.Command(l.Path, l.Args(req)...)
+	cmd := exec.Command(l.Path, l.Args(req, "")...)
 	cmd.Env = l.Env(req, "")
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

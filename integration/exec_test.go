@@ -246,3 +246,18 @@ func TestPrefixStyleEnv(t *testing.T) {
 		t.Errorf("env style: %+v", r)
 	}
 }
+
+// TestCleanStdout: what the prefix's startup files print to stdout before
+// the command runs never reaches the client.
+func TestCleanStdout(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	junk := "echo 'Welcome to Darling (stdout junk)'; printf '\\000\\001binary junk'\n"
+	for _, f := range []string{"etc/profile", "Users/root/.bash_profile"} {
+		if err := os.WriteFile(filepath.Join(s.prefix, f), []byte(junk), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := s.exec("printf clean; printf err >&2", ""); r.stdout != "clean" || r.stderr != "err" || r.code != 0 {
+		t.Errorf("with noisy startup files: %+v", r)
+	}
+}

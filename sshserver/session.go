@@ -210,8 +210,7 @@ func (se *session) run(r darlingexec.Request) {
 // which a process outside the session could still hold open.
 func (se *session) end(p *darlingexec.Process) {
 	p.End(context.Background())
-	p.Stdout.Close()
-	p.Stderr.Close()
+	p.CloseOutput()
 }
 
 // pump copies a command's output to the channel. If the channel refuses
