@@ -120,9 +120,9 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		Stderr:   files[4],
 		outFiles: [2]*os.File{files[2], files[4]},
 		cmd:      cmd,
-		marker: []byte(SessionVar + "=" + id),
-		l:      l,
-		done:   make(chan struct{}),
+		marker:   []byte(SessionVar + "=" + id),
+		l:        l,
+		done:     make(chan struct{}),
 	}
 	go p.wait()
 	return p, nil
