@@ -1,7 +1,6 @@
 package darlingexec
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,12 +9,10 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -190,91 +187,6 @@ func (p *Process) Sweep(ctx context.Context) {
 		p.Stdin.Close()
 		p.l.killSession(ctx, p.marker, p.l.KillGrace)
 	})
-}
-
-// pollEvery is how often the kill loop looks for survivors.
-const pollEvery = 20 * time.Millisecond
-
-// killSession signals the processes carrying marker: SIGHUP, then SIGKILL
-// after grace, until none is left.
-func (l *Launcher) killSession(ctx context.Context, marker []byte, grace time.Duration) {
-	protect := l.containerPid()
-	pids := findMarked(marker, protect)
-	if len(pids) == 0 {
-		return
-	}
-	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
-	signalAll(pids, unix.SIGHUP)
-	deadline := time.Now().Add(grace)
-	tick := time.NewTicker(pollEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			signalAll(findMarked(marker, protect), unix.SIGKILL)
-			return
-		case <-tick.C:
-		}
-		pids = findMarked(marker, protect)
-		if len(pids) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			signalAll(pids, unix.SIGKILL)
-		}
-	}
-}
-
-func signalAll(pids []int, sig unix.Signal) {
-	for _, pid := range pids {
-		_ = unix.Kill(pid, sig)
-	}
-}
-
-// findMarked lists the processes whose environment holds marker as a whole
-// NAME=value entry, except our own and the container's.
-func findMarked(marker []byte, protect int) []int {
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil
-	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
-	if err != nil {
-		return nil
-	}
-	self := os.Getpid()
-	var pids []int
-	for _, name := range names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid == self || pid == protect {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + name + "/environ")
-		if err != nil || len(env) == 0 {
-			continue
-		}
-		if hasEntry(env, marker) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// hasEntry reports whether the NUL-separated environ holds entry exactly.
-func hasEntry(environ, entry []byte) bool {
-	for len(environ) > 0 {
-		var e []byte
-		if i := bytes.IndexByte(environ, 0); i >= 0 {
-			e, environ = environ[:i], environ[i+1:]
-		} else {
-			e, environ = environ, nil
-		}
-		if bytes.Equal(e, entry) {
-			return true
-		}
-	}
-	return false
 }
 
 // signalName returns the RFC 4254 (section 6.10) name of sig, or

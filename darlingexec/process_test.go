@@ -87,3 +87,39 @@ func TestEndFindsDetachedProcesses(t *testing.T) {
 		t.Errorf("marker %q", p.marker)
 	}
 }
+
+// TestEndFindsDescendantsWithoutMarker: a child that cleared its
+// environment (as Nix's builders do) is still ended, through its parent.
+func TestEndFindsDescendantsWithoutMarker(t *testing.T) {
+	l := detachingLauncher(t)
+	arg := strconv.Itoa(int(time.Now().UnixNano()%900000) + 100000)
+	p, err := l.Start(context.Background(), Request{Command: "env -i /bin/sh -c 'trap \"\" HUP; sleep " + arg + "' & wait"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(sleepers(arg)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("command never started")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.End(context.Background())
+	if left := sleepers(arg); len(left) != 0 {
+		t.Errorf("a descendant without the marker survived End: %v", left)
+	}
+}
+
+func TestParseStat(t *testing.T) {
+	line := "123 (a (weird) name) S 45 123 123 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 100 18446744073709551615\n"
+	p, ok := parseStat([]byte(line))
+	if !ok || p.ppid != 45 || p.start != 98765 {
+		t.Errorf("parseStat: %+v %v", p, ok)
+	}
+	if _, ok := parseStat([]byte(strings.Replace(line, ") S ", ") Z ", 1))); ok {
+		t.Error("zombie parsed as live")
+	}
+	if _, ok := parseStat([]byte("garbage")); ok {
+		t.Error("garbage parsed")
+	}
+}

@@ -1,7 +1,6 @@
 package darlingexec
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -40,10 +39,8 @@ func processAlive(pid int) bool {
 	if err != nil {
 		return false
 	}
-	// The state follows the command name, which is in parentheses and may
-	// itself hold spaces or parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+	_, ok := parseStat(b)
+	return ok
 }
 
 // EnsureWarm warms the prefix unless its container is running. Callers

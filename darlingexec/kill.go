@@ -1,0 +1,189 @@
+package darlingexec
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pollEvery is how often the kill loop looks for survivors.
+const pollEvery = 20 * time.Millisecond
+
+// afterKill bounds how long the kill loop waits for SIGKILLed processes.
+const afterKill = 10 * time.Second
+
+// killSession signals the session's processes: SIGHUP, then SIGKILL after
+// grace, until none is left (or afterKill has passed since the SIGKILL).
+func (l *Launcher) killSession(ctx context.Context, marker []byte, grace time.Duration) {
+	ps := &sessionProcs{marker: marker, protect: l.containerPid(), known: map[int]uint64{}}
+	pids := ps.scan()
+	if len(pids) == 0 {
+		return
+	}
+	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
+	signalAll(pids, unix.SIGHUP)
+	hupDeadline := time.Now().Add(grace)
+	var killDeadline time.Time
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			signalAll(ps.scan(), unix.SIGKILL)
+			return
+		case <-tick.C:
+		}
+		pids = ps.scan()
+		if len(pids) == 0 {
+			return
+		}
+		now := time.Now()
+		if now.After(hupDeadline) {
+			if killDeadline.IsZero() {
+				l.Log.Debug("session processes survived SIGHUP; SIGKILL", "pids", pids)
+				killDeadline = now.Add(afterKill)
+			} else if now.After(killDeadline) {
+				l.Log.Warn("session processes survive SIGKILL", "pids", pids)
+				return
+			}
+			signalAll(pids, unix.SIGKILL)
+		}
+	}
+}
+
+func signalAll(pids []int, sig unix.Signal) {
+	for _, pid := range pids {
+		_ = unix.Kill(pid, sig)
+	}
+}
+
+// sessionProcs finds a session's processes: those whose environment holds
+// the session marker (Darling forwards it and children inherit it), and
+// their descendants, which may have cleared their environment (Nix starts
+// builders with the derivation's environment only). Once seen, a process
+// stays known by pid and start time, so it is still found after its
+// parent died and it was reparented to the container's init.
+type sessionProcs struct {
+	marker  []byte
+	protect int            // the container's init: never ours
+	known   map[int]uint64 // pid -> start time
+}
+
+// proc is what scan needs of /proc/<pid>/stat.
+type proc struct {
+	ppid  int
+	start uint64
+}
+
+// scan returns the session's live processes.
+func (s *sessionProcs) scan() []int {
+	all := liveProcs()
+	self := os.Getpid()
+	for pid, p := range all {
+		if pid == self || pid == s.protect {
+			continue
+		}
+		if _, ok := s.known[pid]; ok {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err == nil && hasEntry(env, s.marker) {
+			s.known[pid] = p.start
+		}
+	}
+	// Forget what died or whose pid was reused.
+	for pid, start := range s.known {
+		if p, ok := all[pid]; !ok || p.start != start {
+			delete(s.known, pid)
+		}
+	}
+	// Add descendants until nothing changes.
+	for grew := true; grew; {
+		grew = false
+		for pid, p := range all {
+			if _, ok := s.known[pid]; ok || pid == self || pid == s.protect {
+				continue
+			}
+			if _, ok := s.known[p.ppid]; ok {
+				s.known[pid] = p.start
+				grew = true
+			}
+		}
+	}
+	pids := make([]int, 0, len(s.known))
+	for pid := range s.known {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// liveProcs reads every process's parent and start time from /proc,
+// leaving out zombies, which have exited.
+func liveProcs() map[int]proc {
+	d, err := os.Open("/proc")
+	if err != nil {
+		return nil
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil
+	}
+	all := make(map[int]proc, len(names))
+	for _, name := range names {
+		pid, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + name + "/stat")
+		if err != nil {
+			continue
+		}
+		if p, ok := parseStat(b); ok {
+			all[pid] = p
+		}
+	}
+	return all
+}
+
+// parseStat reads ppid and start time from /proc/<pid>/stat, and reports
+// false for a zombie or a line it cannot read. The command name, in
+// parentheses, may hold spaces and parentheses: fields are counted from
+// the last ')'.
+func parseStat(b []byte) (proc, bool) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return proc{}, false
+	}
+	f := bytes.Fields(b[i+2:])
+	// f[0] state, f[1] ppid, ..., f[19] starttime (field 22 of the line).
+	if len(f) < 20 || f[0][0] == 'Z' {
+		return proc{}, false
+	}
+	ppid, err1 := strconv.Atoi(string(f[1]))
+	start, err2 := strconv.ParseUint(string(f[19]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return proc{}, false
+	}
+	return proc{ppid: ppid, start: start}, true
+}
+
+// hasEntry reports whether the NUL-separated environ holds entry exactly.
+func hasEntry(environ, entry []byte) bool {
+	for len(environ) > 0 {
+		var e []byte
+		if i := bytes.IndexByte(environ, 0); i >= 0 {
+			e, environ = environ[:i], environ[i+1:]
+		} else {
+			e, environ = environ, nil
+		}
+		if bytes.Equal(e, entry) {
+			return true
+		}
+	}
+	return false
+}
