@@ -4,6 +4,7 @@
 package auth
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -73,7 +74,37 @@ func GenerateHostKey(path string) error {
 	if err := writeFileAtomic(path, pem.EncodeToMemory(block), 0o600); err != nil {
 		return fmt.Errorf("write host key %s: %w", path, err)
 	}
+	return writePublicKey(path, priv.Public())
+}
+
+// writePublicKey writes the .pub file beside a host key, as ssh-keygen
+// does, so tools can read the public key without the private one.
+func writePublicKey(path string, pub crypto.PublicKey) error {
+	sshPub, err := gossh.NewPublicKey(pub)
+	if err != nil {
+		return fmt.Errorf("host key %s: %w", path, err)
+	}
+	if err := writeFileAtomic(path+".pub", []byte(AuthorizedKeyLine(sshPub)+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write public host key %s.pub: %w", path, err)
+	}
 	return nil
+}
+
+// LoadPublicHostKey reads the public host key from path.pub, or from the
+// private key at path when there is no .pub. It never generates a key.
+func LoadPublicHostKey(path string) (gossh.PublicKey, error) {
+	if b, err := os.ReadFile(path + ".pub"); err == nil {
+		pub, _, _, _, err := gossh.ParseAuthorizedKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("load public host key %s.pub: %w", path, err)
+		}
+		return pub, nil
+	}
+	s, err := LoadHostKey(path)
+	if err != nil {
+		return nil, err
+	}
+	return s.PublicKey(), nil
 }
 
 // writeFileAtomic writes data to path through a temp file and a rename.

@@ -34,8 +34,16 @@ func TestHostKeyGeneratedOnceAndKept(t *testing.T) {
 		t.Error("host key changed on the second load")
 	}
 	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
-		t.Errorf("folder holds %d files, want only the key", len(ents))
+	if len(ents) != 2 {
+		t.Errorf("folder holds %d files, want the key and its .pub", len(ents))
+	}
+	pub, err := LoadPublicHostKey(path)
+	if err != nil || string(pub.Marshal()) != string(a.PublicKey().Marshal()) {
+		t.Errorf("public key from .pub: %v", err)
+	}
+	os.Remove(path + ".pub")
+	if pub, err := LoadPublicHostKey(path); err != nil || string(pub.Marshal()) != string(a.PublicKey().Marshal()) {
+		t.Errorf("public key without .pub: %v", err)
 	}
 }
 

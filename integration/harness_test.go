@@ -135,6 +135,7 @@ func startServer(t *testing.T, o serverOpt) *server {
 		"--host-key", s.hostKey,
 		"--authorized-keys", s.clientKey + ".pub",
 		"--kill-grace", killGrace.String(),
+		"--known-hosts-out", filepath.Join(dir, "known_hosts_out"),
 		"--log-level", "debug",
 	}, o.args...)
 	s.cmd = exec.Command(bins.server, args...)

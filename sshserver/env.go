@@ -1,10 +1,39 @@
 package sshserver
 
 import (
+	"fmt"
+	"path"
 	"strings"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
+
+// DefaultAcceptEnv returns the variables a client may set: Nix's own, the
+// terminal type and the locale. --accept-env adds names or globs.
+func DefaultAcceptEnv() []string {
+	return []string{"NIX_REMOTE", "NIX_PATH", "NIX_SSL_CERT_FILE", "TERM", "LANG", "LC_*"}
+}
+
+// deniedEnv returns what is never accepted, whatever --accept-env says:
+// the dynamic loaders' variables, what decides how a shell finds and runs
+// programs, the prefix, and what the server itself sets for the session.
+func deniedEnv() []string {
+	return []string{"LD_*", "DYLD_*", "PATH", "HOME", "SHELL", "IFS", "DPREFIX", "ENV", "BASH_ENV",
+		"USER", "LOGNAME", "SSH_*", darlingexec.SessionVar}
+}
+
+// CheckEnvPattern reports whether p is a usable --accept-env name or glob.
+func CheckEnvPattern(p string) error {
+	if p == "" {
+		return fmt.Errorf("empty name")
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("%q: %w", p, err)
+	}
+	return nil
+}
 
 // validEnvName reports whether name is made of [A-Za-z0-9_] only.
 func validEnvName(name string) bool {
@@ -20,13 +49,26 @@ func validEnvName(name string) bool {
 	return true
 }
 
-// acceptEnv reports whether a client may set name: the terminal type and
-// the locale, as OpenSSH's default AcceptEnv on Debian.
-func acceptEnv(name string) bool {
-	if !validEnvName(name) {
-		return false
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
 	}
-	return name == "TERM" || name == "LANG" || strings.HasPrefix(name, "LC_")
+	return false
+}
+
+// acceptEnv says whether a client may set name, and if not, why.
+func acceptEnv(accept []string, name string) (bool, string) {
+	switch {
+	case !validEnvName(name):
+		return false, "name outside [A-Za-z0-9_]"
+	case matchAny(deniedEnv(), name):
+		return false, "never accepted"
+	case !matchAny(accept, name):
+		return false, "not in --accept-env"
+	}
+	return true, ""
 }
 
 // setEnv handles an "env" request. A refused variable is logged and
@@ -34,11 +76,18 @@ func acceptEnv(name string) bool {
 func (se *session) setEnv(payload []byte) bool {
 	var kv struct{ Name, Value string }
 	if err := gossh.Unmarshal(payload, &kv); err != nil {
-		se.log.Info("env request refused", "reason", "malformed")
+		se.log.Info("env request refused", "reason", "malformed request")
 		return false
 	}
-	if se.started || !acceptEnv(kv.Name) || strings.IndexByte(kv.Value, 0) >= 0 {
-		se.log.Info("env request refused", "name", truncate(kv.Name, 64))
+	ok, why := acceptEnv(se.s.acceptEnv, kv.Name)
+	switch {
+	case se.started:
+		ok, why = false, "session already started"
+	case ok && strings.IndexByte(kv.Value, 0) >= 0:
+		ok, why = false, "NUL in value"
+	}
+	if !ok {
+		se.log.Info("env request refused", "name", fmt.Sprintf("%.64q", kv.Name), "reason", why)
 		return false
 	}
 	for i, e := range se.env {

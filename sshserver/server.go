@@ -34,9 +34,14 @@ type Options struct {
 	HostKeyPath        string
 	AuthorizedKeysPath string
 	AllowUsers         []string
+	AcceptEnv          []string // names or globs clients may set, beyond DefaultAcceptEnv
 	KillGrace          time.Duration
 	WarmTimeout        time.Duration
-	Log                *slog.Logger
+	// KnownHostsOut, if set, is written at start with lines trusting the
+	// host key for HostAlias and for the address clients dial.
+	KnownHostsOut string
+	HostAlias     string
+	Log           *slog.Logger
 }
 
 // Server is a running darling-sshd.
@@ -47,6 +52,8 @@ type Server struct {
 	keys     *auth.AuthorizedKeys
 	launcher *darlingexec.Launcher
 	ssh      *gliderssh.Server
+	// acceptEnv holds the names and globs of variables clients may set.
+	acceptEnv []string
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -95,8 +102,9 @@ func New(opts Options) (*Server, error) {
 			Log:         log,
 			HostEnv:     hostEnv(),
 		},
-		ctx:    ctx,
-		cancel: cancel,
+		acceptEnv: append(DefaultAcceptEnv(), opts.AcceptEnv...),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
 	s.ssh = &gliderssh.Server{
 		HostSigners:          []gliderssh.Signer{hostKey},
@@ -193,6 +201,16 @@ func Run(ctx context.Context, opts Options) error {
 	l, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
+	}
+	if opts.KnownHostsOut != "" {
+		host, port, err := auth.ClientHost(l.Addr().String())
+		if err == nil {
+			err = auth.WriteKnownHosts(opts.KnownHostsOut, auth.KnownHosts(s.hostKey.PublicKey(), opts.HostAlias, host, port))
+		}
+		if err != nil {
+			l.Close()
+			return err
+		}
 	}
 	s.log.Info("listening", "addr", l.Addr().String(), "prefix", opts.Prefix,
 		"launcher", s.launcher.Path, "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))

@@ -10,10 +10,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -25,15 +27,22 @@ import (
 const usage = `usage: darling-sshd <command> [flags]
 
 commands:
-  serve     serve SSH sessions inside the Darling prefix
-  hostkey   print the host key's public line (generating the key if missing)
+  serve          serve SSH sessions inside the Darling prefix
+  hostkey        print the host key's public line (generating the key if missing)
+  check          connect as Nix would and run the nix-store --serve handshake
+  machines-line  print the builder's /etc/nix/machines line
+  ssh-config     print the ssh_config Host block matching machines-line
 
 Run "darling-sshd <command> -h" for a command's flags.
 `
 
 // Defaults shared by several subcommands.
 const (
-	defaultHostKey = "/var/lib/darling-sshd/ssh_host_ed25519_key"
+	defaultListen     = "127.0.0.1:2222"
+	defaultHostKey    = "/var/lib/darling-sshd/ssh_host_ed25519_key"
+	defaultKnownHosts = "/var/lib/darling-sshd/known_hosts"
+	defaultIdentity   = "/etc/nix/darling-builder-key"
+	defaultAlias      = "darling-builder"
 )
 
 func main() {
@@ -50,11 +59,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "hostkey":
 		return hostkey(args[1:], stdout, stderr)
+	case "check":
+		return check(args[1:], stdout, stderr)
+	case "machines-line", "ssh-config":
+		return builderText(args[0], args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "darling-sshd: unknown command %q (want serve or hostkey)\n", args[0])
+	fmt.Fprintf(stderr, "darling-sshd: unknown command %q (want serve, hostkey, check, machines-line or ssh-config)\n", args[0])
 	return 2
 }
 
@@ -87,17 +100,31 @@ func usageError(stderr io.Writer, cmd, flagName string, err error) int {
 	return 2
 }
 
+// list splits a comma-separated flag value, dropping empty items.
+func list(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:2222", "address to listen on (host:port)")
+	listen := fs.String("listen", defaultListen, "address to listen on (host:port)")
 	prefix := fs.String("prefix", "/var/lib/darling-builder/prefix", "Darling prefix the sessions run in (Darling creates it; we never do)")
 	darling := fs.String("darling", "darling", "Darling launcher: a path, or a name looked up in PATH")
 	style := fs.String("prefix-style", "flag", "how the launcher gets the prefix: flag (--prefix P, plus DPREFIX) or env (DPREFIX only, upstream Darling)")
 	hostKey := fs.String("host-key", defaultHostKey, "ed25519 host key file, generated if missing")
 	authKeys := fs.String("authorized-keys", "/etc/nix/darling-builder-key.pub", "public key or authorized_keys file of the users allowed in")
 	allowUsers := fs.String("allow-users", "root", "comma-separated login names allowed in")
-	killGrace := fs.Duration("kill-grace", 5e9, "time between SIGHUP and SIGKILL when a session's processes are ended")
-	warmTimeout := fs.Duration("warm-timeout", 60e9, "how long warming the prefix may take")
+	acceptEnv := fs.String("accept-env", "", "comma-separated names or globs of variables clients may set, beyond "+strings.Join(sshserver.DefaultAcceptEnv(), ","))
+	knownHosts := fs.String("known-hosts-out", defaultKnownHosts, "known_hosts file to write for the host key (empty: none)")
+	alias := fs.String("host-alias", defaultAlias, "host alias the known_hosts file names, as ssh-config's HostKeyAlias")
+	killGrace := fs.Duration("kill-grace", 5*time.Second, "time between SIGHUP and SIGKILL when a session's processes are ended")
+	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
@@ -119,14 +146,15 @@ func serve(args []string, stderr io.Writer) int {
 	if *prefix == "" {
 		return usageError(stderr, "serve", "prefix", errors.New("must not be empty"))
 	}
-	var users []string
-	for _, u := range strings.Split(*allowUsers, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			users = append(users, u)
-		}
-	}
+	users := list(*allowUsers)
 	if len(users) == 0 {
 		return usageError(stderr, "serve", "allow-users", errors.New("names no user"))
+	}
+	envs := list(*acceptEnv)
+	for _, p := range envs {
+		if err := sshserver.CheckEnvPattern(p); err != nil {
+			return usageError(stderr, "serve", "accept-env", err)
+		}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -139,8 +167,11 @@ func serve(args []string, stderr io.Writer) int {
 		HostKeyPath:        *hostKey,
 		AuthorizedKeysPath: *authKeys,
 		AllowUsers:         users,
+		AcceptEnv:          envs,
 		KillGrace:          *killGrace,
 		WarmTimeout:        *warmTimeout,
+		KnownHostsOut:      *knownHosts,
+		HostAlias:          *alias,
 		Log:                log,
 	})
 	if err != nil {
@@ -172,5 +203,82 @@ func hostkey(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	fmt.Fprintln(stdout, render(signer.PublicKey()))
+	return 0
+}
+
+func check(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	listen := fs.String("listen", defaultListen, "address of the server (host:port)")
+	user := fs.String("user", "root", "login name")
+	identity := fs.String("identity", defaultIdentity, "private key to log in with (the Nix daemon's builder key)")
+	knownHosts := fs.String("known-hosts", defaultKnownHosts, "known_hosts file that pins the server's host key")
+	command := fs.String("command", "nix-store --serve --write", "remote command that speaks Nix's serve protocol")
+	timeout := fs.Duration("timeout", 60*time.Second, "bound on the whole check")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	host, port, err := auth.ClientHost(*listen)
+	if err != nil {
+		return usageError(stderr, "check", "listen", err)
+	}
+	if *timeout <= 0 {
+		return usageError(stderr, "check", "timeout", errors.New("must be positive"))
+	}
+	err = sshserver.Check(context.Background(), sshserver.CheckOptions{
+		Addr: net.JoinHostPort(host, port), User: *user, Identity: *identity,
+		KnownHosts: *knownHosts, Command: *command, Timeout: *timeout, Out: stdout,
+	})
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// builderText prints the machines line or the ssh_config block; both take
+// the same flags so that they always describe the same builder.
+func builderText(cmd string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	alias := fs.String("host-alias", defaultAlias, "ssh Host alias and HostKeyAlias the builder is known by")
+	protocol := fs.String("protocol", "ssh", "Nix store protocol: ssh (nix-store --serve) or ssh-ng (nix-daemon --stdio)")
+	user := fs.String("user", "root", "login name")
+	systems := fs.String("systems", "x86_64-darwin", "comma-separated systems the builder builds for")
+	identity := fs.String("identity", defaultIdentity, "private key the Nix daemon logs in with")
+	maxJobs := fs.Int("max-jobs", 4, "builds the builder runs at once")
+	speed := fs.Int("speed-factor", 1, "speed factor relative to other builders")
+	supported := fs.String("supported-features", "", "comma-separated supported system features")
+	mandatory := fs.String("mandatory-features", "", "comma-separated mandatory system features")
+	hostKey := fs.String("host-key", defaultHostKey, "host key file; publicHostKey comes from its .pub")
+	noHostKey := fs.Bool("no-public-host-key", false, "write - for publicHostKey (trust comes from the known hosts file)")
+	listen := fs.String("listen", defaultListen, "address the server listens on (host:port)")
+	knownHosts := fs.String("known-hosts-out", defaultKnownHosts, "known_hosts file the server writes")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	host, port, err := auth.ClientHost(*listen)
+	if err != nil {
+		return usageError(stderr, cmd, "listen", err)
+	}
+	b := auth.Builder{
+		Alias: *alias, Protocol: *protocol, User: *user, Systems: list(*systems), Identity: *identity,
+		MaxJobs: *maxJobs, SpeedFactor: *speed, SupportedFeatures: list(*supported),
+		MandatoryFeatures: list(*mandatory), Host: host, Port: port, KnownHosts: *knownHosts,
+	}
+	if err := b.Check(); err != nil {
+		fmt.Fprintf(stderr, "darling-sshd %s: %v\n", cmd, err)
+		return 2
+	}
+	if cmd == "ssh-config" {
+		fmt.Fprint(stdout, b.SSHConfig())
+		return 0
+	}
+	if !*noHostKey {
+		pub, err := auth.LoadPublicHostKey(*hostKey)
+		if err != nil {
+			fmt.Fprintf(stderr, "darling-sshd %s: %v (run serve or hostkey first, or pass --no-public-host-key)\n", cmd, err)
+			return 1
+		}
+		b.PublicHostKey = pub
+	}
+	fmt.Fprintln(stdout, b.MachinesLine())
 	return 0
 }
