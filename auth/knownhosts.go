@@ -54,4 +54,3 @@ func WriteKnownHosts(path, text string) error {
 	}
 	return nil
 }
-
