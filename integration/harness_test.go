@@ -322,3 +322,23 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// procsMatching returns the live processes whose NUL-separated command
+// line satisfies match.
+func procsMatching(match func(cmdline string) bool) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && match(string(cl)) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func killPid(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
