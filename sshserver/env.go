@@ -87,7 +87,7 @@ func (se *session) setEnv(payload []byte) bool {
 		ok, why = false, "NUL in value"
 	}
 	if !ok {
-		se.log.Info("env request refused", "name", fmt.Sprintf("%.64q", kv.Name), "reason", why)
+		se.log.Info("env request refused", "name", truncate(kv.Name, 64), "reason", why)
 		return false
 	}
 	for i, e := range se.env {
