@@ -11,10 +11,12 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -33,7 +35,8 @@ func LoadOrGenerateHostKey(path string) (gossh.Signer, error) {
 	return LoadHostKey(path)
 }
 
-// LoadHostKey loads the private host key at path.
+// LoadHostKey loads the private ed25519 host key at path. Like sshd, it
+// refuses a key file that is not its owner's alone.
 func LoadHostKey(path string) (gossh.Signer, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -47,13 +50,19 @@ func LoadHostKey(path string) (gossh.Signer, error) {
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return nil, fmt.Errorf("load host key %s: permissions %04o are too open: it must not be readable by group or others (chmod 600 %s)", path, perm, path)
 	}
-	b, err := os.ReadFile(path)
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("load host key %s: owned by uid %d, not by the server's uid %d", path, sys.Uid, os.Geteuid())
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
 		return nil, fmt.Errorf("load host key %s: %w", path, err)
 	}
 	signer, err := gossh.ParsePrivateKey(b)
 	if err != nil {
 		return nil, fmt.Errorf("load host key %s: %w", path, err)
+	}
+	if t := signer.PublicKey().Type(); t != gossh.KeyAlgoED25519 {
+		return nil, fmt.Errorf("load host key %s: %s key; darling-sshd uses an ed25519 host key", path, t)
 	}
 	return signer, nil
 }

@@ -69,7 +69,9 @@ type Launcher struct {
 	// launcher needs to start its container.
 	HostEnv []string
 
-	warmMu sync.Mutex // one warm-up at a time for the prefix
+	warmMu     sync.Mutex // one warm-up at a time for the prefix
+	warmErr    error      // the last warm-up's outcome, under warmMu
+	warmFailed time.Time  // when it ended
 }
 
 // Request is what a session asks the launcher to run.
@@ -107,18 +109,23 @@ func Script(command, marker string) string {
 	return b.String()
 }
 
+// shellScript is what runs for a shell session: Darling's `bash --login`
+// has sourced the prefix's profile; the shell then starts at home with the
+// Nix profiles on PATH, as a command would.
+const shellScript = `cd "$HOME" 2>/dev/null; ` + nixPath + "; exec /bin/bash"
+
 // Args returns the launcher's arguments (without argv[0]) for a request;
-// marker is the stdout start marker ("" for none).
+// marker is the stdout start marker ("" for none; shells have none).
 func (l *Launcher) Args(req Request, marker string) []string {
 	var args []string
 	if l.Style == StyleFlag {
 		args = append(args, "--prefix", l.Prefix)
 	}
-	args = append(args, "shell")
+	args = append(args, "shell", "/bin/sh", "-c")
 	if req.Shell && req.Command == "" {
-		return args
+		return append(args, shellScript)
 	}
-	return append(args, "/bin/sh", "-c", Script(req.Command, marker))
+	return append(args, Script(req.Command, marker))
 }
 
 // shellArgs returns the arguments after "shell" in args.

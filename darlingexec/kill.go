@@ -18,8 +18,8 @@ const afterKill = 10 * time.Second
 
 // killSession signals the session's processes: SIGHUP, then SIGKILL after
 // grace, until none is left (or afterKill has passed since the SIGKILL).
-func (l *Launcher) killSession(ctx context.Context, marker []byte, grace time.Duration) {
-	ps := &sessionProcs{marker: marker, protect: l.containerPid(), known: map[int]uint64{}}
+func (l *Launcher) killSession(ctx context.Context, marker []byte, since uint64, grace time.Duration) {
+	ps := &sessionProcs{marker: marker, since: since, protect: l.containerPid(), known: map[int]uint64{}}
 	pids := ps.scan()
 	if len(pids) == 0 {
 		return
@@ -68,9 +68,22 @@ func signalAll(pids []int, sig unix.Signal) {
 // stays known by pid and start time, so it is still found after its
 // parent died and it was reparented to the container's init.
 type sessionProcs struct {
-	marker  []byte
+	marker []byte
+	// since is the launcher's start time: a process started before it
+	// cannot be the session's, so its environment is not read.
+	since   uint64
 	protect int            // the container's init: never ours
 	known   map[int]uint64 // pid -> start time
+}
+
+// startTime returns pid's start time in clock ticks since boot, or 0.
+func startTime(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0
+	}
+	p, _ := parseStat(b)
+	return p.start
 }
 
 // proc is what scan needs of /proc/<pid>/stat.
@@ -87,7 +100,7 @@ func (s *sessionProcs) scan() []int {
 		if pid == self || pid == s.protect {
 			continue
 		}
-		if _, ok := s.known[pid]; ok {
+		if _, ok := s.known[pid]; ok || p.start < s.since {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")

@@ -40,6 +40,7 @@ type Process struct {
 
 	cmd     *exec.Cmd
 	marker  []byte // "DARLING_SSHD_SESSION=<id>" as found in /proc/<pid>/environ
+	since   uint64 // the launcher's start time, in clock ticks since boot
 	l       *Launcher
 	done    chan struct{}
 	status  ExitStatus
@@ -118,6 +119,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		outFiles: [2]*os.File{files[2], files[4]},
 		cmd:      cmd,
 		marker:   []byte(SessionVar + "=" + id),
+		since:    startTime(cmd.Process.Pid),
 		l:        l,
 		done:     make(chan struct{}),
 	}
@@ -169,13 +171,13 @@ func (p *Process) Pid() int { return p.cmd.Process.Pid }
 // nix-store --serve aborts on it), sends SIGHUP to every process of the
 // session wherever Darling started it, and SIGKILL to what is left after
 // grace. It returns when none is left, or when ctx is done. It is safe to
-// call more than once and from several goroutines; only the first call
-// does the work, the others wait for nothing.
+// call more than once and from several goroutines: the first call does the
+// work and the others wait until it is done.
 func (p *Process) End(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.ended.Store(true)
 		p.Stdin.Close()
-		p.l.killSession(ctx, p.marker, p.l.KillGrace)
+		p.l.killSession(ctx, p.marker, p.since, p.l.KillGrace)
 	})
 }
 
@@ -185,7 +187,7 @@ func (p *Process) End(ctx context.Context) {
 func (p *Process) Sweep(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.Stdin.Close()
-		p.l.killSession(ctx, p.marker, p.l.KillGrace)
+		p.l.killSession(ctx, p.marker, p.since, p.l.KillGrace)
 	})
 }
 

@@ -25,10 +25,20 @@ func (l *Launcher) containerPid() int {
 	if err != nil || pid <= 0 {
 		return 0
 	}
-	if !processAlive(pid) {
+	if !processAlive(pid) || !ownMountNamespace(pid) {
 		return 0
 	}
 	return pid
+}
+
+// ownMountNamespace reports whether pid lives in a mount namespace other
+// than ours, as Darling's container does: a stale .init.pid whose number
+// was reused by an unrelated process is not taken for the container. If
+// the namespaces cannot be read, liveness alone decides.
+func ownMountNamespace(pid int) bool {
+	theirs, err1 := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/mnt")
+	ours, err2 := os.Readlink("/proc/self/ns/mnt")
+	return err1 != nil || err2 != nil || theirs != ours
 }
 
 // processAlive reports whether pid names a process that has not exited. A
@@ -44,15 +54,23 @@ func processAlive(pid int) bool {
 }
 
 // EnsureWarm warms the prefix unless its container is running. Callers
-// queue behind a warm-up in progress, so there is one at a time.
+// queue behind a warm-up in progress, so there is one at a time; for a
+// short while after a warm-up failed, callers get its error at once
+// rather than each waiting out a warm-up of their own.
 func (l *Launcher) EnsureWarm(ctx context.Context) error {
 	l.warmMu.Lock()
 	defer l.warmMu.Unlock()
 	if l.containerPid() != 0 {
 		return nil
 	}
+	if l.warmErr != nil && time.Since(l.warmFailed) < warmRetryAfter {
+		return l.warmErr
+	}
 	return l.warmLocked(ctx)
 }
+
+// warmRetryAfter is how long a failed warm-up answers for the next ones.
+const warmRetryAfter = 5 * time.Second
 
 // Warm starts the prefix's container by running a trivial command through
 // the launcher with stdin, stdout and stderr on /dev/null. A cold Darling
@@ -66,11 +84,27 @@ func (l *Launcher) Warm(ctx context.Context) error {
 }
 
 func (l *Launcher) warmLocked(ctx context.Context) error {
+	err := l.warm(ctx)
+	l.warmErr, l.warmFailed = err, time.Now()
+	return err
+}
+
+func (l *Launcher) warm(ctx context.Context) error {
 	start := time.Now()
+	// The launcher's stderr goes to a file, not a pipe: after a cold start
+	// the container may hold it open. Its last line says why a warm-up
+	// failed.
+	errFile, err := os.CreateTemp("", "darling-sshd-warm-*.log")
+	if err != nil {
+		return fmt.Errorf("warm prefix %s: %w", l.Prefix, err)
+	}
+	os.Remove(errFile.Name())
+	defer errFile.Close()
 	req := Request{Command: "true"}
 	cmd := exec.Command(l.Path, l.Args(req, "")...)
 	cmd.Env = l.Env(req, "")
 	cmd.Dir = "/"
+	cmd.Stderr = errFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("warm prefix %s: start launcher %s: %w", l.Prefix, l.Path, err)
@@ -79,7 +113,6 @@ func (l *Launcher) warmLocked(ctx context.Context) error {
 	go func() { done <- cmd.Wait() }()
 	timer := time.NewTimer(l.WarmTimeout)
 	defer timer.Stop()
-	var err error
 	select {
 	case err = <-done:
 	case <-timer.C:
@@ -93,6 +126,9 @@ func (l *Launcher) warmLocked(ctx context.Context) error {
 		case <-done:
 		case <-time.After(time.Second):
 		}
+		if last := lastLine(errFile); last != "" {
+			err = fmt.Errorf("%w: %s", err, last)
+		}
 		return fmt.Errorf("warm prefix %s with %s: %w", l.Prefix, l.Path, err)
 	}
 	if l.containerPid() == 0 {
@@ -101,4 +137,12 @@ func (l *Launcher) warmLocked(ctx context.Context) error {
 	}
 	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// lastLine returns the last non-empty line of f's first 64 KiB.
+func lastLine(f *os.File) string {
+	b := make([]byte, 64*1024)
+	n, _ := f.ReadAt(b, 0)
+	lines := strings.Split(strings.TrimSpace(string(b[:n])), "\n")
+	return strings.TrimSpace(lines[len(lines)-1])
 }

@@ -76,8 +76,9 @@ type server struct {
 }
 
 type serverOpt struct {
-	args []string // extra serve flags
-	env  []string // extra server environment
+	args  []string   // extra serve flags
+	env   []string   // extra server environment
+	files []*os.File // inherited from fd 3 on, without close-on-exec
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and many readers.
@@ -140,6 +141,7 @@ func startServer(t *testing.T, o serverOpt) *server {
 	}, o.args...)
 	s.cmd = exec.Command(bins.server, args...)
 	s.cmd.Env = append([]string{"HOME=/root", "PATH=" + os.Getenv("PATH"), noRaceExitSleep}, o.env...)
+	s.cmd.ExtraFiles = o.files
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -242,6 +244,12 @@ func (s *server) exec(command string, stdin string) result {
 	return result{out.String(), errb.String(), cmd.ProcessState.ExitCode()}
 }
 
+// logged reports whether the server logged sub, waiting a little: the log
+// comes through a pipe, behind what the client already saw.
+func (s *server) logged(sub string) bool {
+	return waitFor(10*time.Second, func() bool { return strings.Contains(s.log.String(), sub) })
+}
+
 // stop sends SIGTERM and waits for the server to exit.
 func (s *server) stop() {
 	if s.cmd.Process == nil {
@@ -264,6 +272,9 @@ func (s *server) stop() {
 
 func (s *server) cleanup() {
 	s.stop()
+	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
+		s.t.Error("the race detector found a data race in the server")
+	}
 	if out, err := exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").CombinedOutput(); err != nil {
 		s.t.Errorf("stand-in shutdown: %v %s", err, out)
 	}

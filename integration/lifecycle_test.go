@@ -106,8 +106,8 @@ func TestControlMaster(t *testing.T) {
 		t.Fatal("four sessions over one connection did not all start")
 	}
 	// One connection: the server saw a single TCP peer for all four.
-	if n := strings.Count(s.log.String(), "exec started"); n != 4 {
-		t.Errorf("server saw %d exec sessions, want 4", n)
+	if !waitFor(10*time.Second, func() bool { return strings.Count(s.log.String(), "exec started") == 4 }) {
+		t.Errorf("server saw %d exec sessions, want 4", strings.Count(s.log.String(), "exec started"))
 	}
 	clients[0].Process.Kill()
 	clients[0].Wait()
@@ -139,14 +139,14 @@ func TestAuthRefused(t *testing.T) {
 	if out, err := wrongKey.CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
 		t.Errorf("wrong key: %v %s", err, out)
 	}
-	if !strings.Contains(s.log.String(), `reason="key not authorized"`) {
+	if !s.logged(`reason="key not authorized"`) {
 		t.Errorf("wrong key refusal not logged")
 	}
 
 	if out, err := s.ssh(ctx, "-l", "nobody", "dut", "true").CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
 		t.Errorf("unknown user: %v %s", err, out)
 	}
-	if !strings.Contains(s.log.String(), `reason="user not allowed" user=nobody`) {
+	if !s.logged(`reason="user not allowed" user=nobody`) {
 		t.Errorf("unknown user refusal not logged")
 	}
 
@@ -228,8 +228,8 @@ func TestColdPrefixWarmUp(t *testing.T) {
 	if r := s.exec("echo again", ""); r.stdout != "again\n" || r.stderr != "" || r.code != 0 {
 		t.Errorf("first session after the container died: %+v", r)
 	}
-	if n := strings.Count(s.log.String(), `msg="prefix warm"`); n != 2 {
-		t.Errorf("prefix warmed %d times, want 2 (start, after the container died)", n)
+	if !waitFor(10*time.Second, func() bool { return strings.Count(s.log.String(), `msg="prefix warm"`) == 2 }) {
+		t.Errorf("prefix warmed %d times, want 2 (start, after the container died)", strings.Count(s.log.String(), `msg="prefix warm"`))
 	}
 }
 

@@ -85,11 +85,14 @@ func (se *session) setEnv(payload []byte) bool {
 		ok, why = false, "session already started"
 	case ok && strings.IndexByte(kv.Value, 0) >= 0:
 		ok, why = false, "NUL in value"
+	case ok && (len(se.env) >= maxEnvVars || se.envBytes+len(kv.Name)+len(kv.Value) > maxEnvBytes):
+		ok, why = false, "too many or too large environment requests"
 	}
 	if !ok {
 		se.log.Info("env request refused", "name", truncate(kv.Name, 64), "reason", why)
 		return false
 	}
+	se.envBytes += len(kv.Name) + 1 + len(kv.Value)
 	for i, e := range se.env {
 		if strings.HasPrefix(e, kv.Name+"=") {
 			se.env[i] = kv.Name + "=" + kv.Value
@@ -99,3 +102,9 @@ func (se *session) setEnv(payload []byte) bool {
 	se.env = append(se.env, kv.Name+"="+kv.Value)
 	return true
 }
+
+// Bounds on what a client may set before its command starts.
+const (
+	maxEnvVars  = 64
+	maxEnvBytes = 256 * 1024
+)

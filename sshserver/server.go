@@ -20,6 +20,7 @@ import (
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/darling-sshd/darling-sshd/auth"
 	"github.com/darling-sshd/darling-sshd/darlingexec"
@@ -37,6 +38,7 @@ type Options struct {
 	AcceptEnv          []string // names or globs clients may set, beyond DefaultAcceptEnv
 	KillGrace          time.Duration
 	WarmTimeout        time.Duration
+	LoginGraceTime     time.Duration // a connection not logged in by then is closed
 	// KnownHostsOut, if set, is written at start with lines trusting the
 	// host key for HostAlias and for the address clients dial.
 	KnownHostsOut string
@@ -54,6 +56,8 @@ type Server struct {
 	ssh      *gliderssh.Server
 	// acceptEnv holds the names and globs of variables clients may set.
 	acceptEnv []string
+	// preauth maps a remote address to its connection's login state.
+	preauth sync.Map
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -71,6 +75,9 @@ func New(opts Options) (*Server, error) {
 	log := opts.Log
 	if log == nil {
 		log = slog.Default()
+	}
+	if opts.LoginGraceTime <= 0 {
+		opts.LoginGraceTime = 30 * time.Second
 	}
 	hostKey, err := auth.LoadOrGenerateHostKey(opts.HostKeyPath)
 	if err != nil {
@@ -107,16 +114,15 @@ func New(opts Options) (*Server, error) {
 		cancel:    cancel,
 	}
 	s.ssh = &gliderssh.Server{
-		HostSigners:          []gliderssh.Signer{hostKey},
-		Version:              "darling-sshd",
-		PublicKeyHandler:     s.publicKey,
-		ServerConfigCallback: s.serverConfig,
-		ChannelHandlers:      map[string]gliderssh.ChannelHandler{"session": s.handleSession},
-		RequestHandlers:      map[string]gliderssh.RequestHandler{},
-		SubsystemHandlers:    map[string]gliderssh.SubsystemHandler{},
-		ConnectionFailedCallback: func(c net.Conn, err error) {
-			log.Info("connection failed", "remote", c.RemoteAddr().String(), "err", err)
-		},
+		HostSigners:              []gliderssh.Signer{hostKey},
+		Version:                  "darling-sshd",
+		PublicKeyHandler:         s.publicKey,
+		ServerConfigCallback:     s.serverConfig,
+		ChannelHandlers:          map[string]gliderssh.ChannelHandler{"session": s.handleSession},
+		RequestHandlers:          map[string]gliderssh.RequestHandler{},
+		SubsystemHandlers:        map[string]gliderssh.SubsystemHandler{},
+		ConnCallback:             s.connCallback,
+		ConnectionFailedCallback: s.connectionFailed,
 	}
 	return s, nil
 }
@@ -140,19 +146,15 @@ func hostEnv() []string {
 // serverConfig sets the algorithms explicitly (x/crypto's defaults include
 // SHA-1 and NIST choices) and logs authentication methods we never offer.
 func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
+	pa, _ := ctx.Value(preauthKey{}).(*preauth)
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
 			KeyExchanges: []string{gossh.KeyExchangeMLKEM768X25519, gossh.KeyExchangeCurve25519},
 			Ciphers:      []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305},
 			MACs:         []string{gossh.HMACSHA256ETM, gossh.HMACSHA512ETM},
 		},
-		MaxAuthTries: 6,
-		AuthLogCallback: func(conn gossh.ConnMetadata, method string, err error) {
-			if method == "password" || method == "keyboard-interactive" {
-				s.log.Info("login refused", "reason", method+" authentication is not offered",
-					"user", conn.User(), "remote", conn.RemoteAddr().String())
-			}
-		},
+		MaxAuthTries:    6,
+		AuthLogCallback: s.authLog(pa),
 	}
 }
 
@@ -188,19 +190,26 @@ func (s *Server) Serve(l net.Listener) error {
 	return err
 }
 
-// Run warms the prefix, listens, logs "listening" with the address, and
+// Run listens, warms the prefix, logs "listening" with the address, and
 // serves until ctx is done; then it ends what runs and returns.
 func Run(ctx context.Context, opts Options) error {
+	// File descriptors the server inherited without close-on-exec would
+	// reach every launcher, and through a cold start the container and
+	// every command, holding the parent's pipes open.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	s, err := New(opts)
 	if err != nil {
 		return err
 	}
-	if err := s.Warm(ctx); err != nil {
-		return err
-	}
+	// Listen first, so a bad address fails before a warm-up; connections
+	// wait in the backlog until the prefix is warm.
 	l, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
+	}
+	defer l.Close()
+	if err := s.Warm(ctx); err != nil {
+		return err
 	}
 	if opts.KnownHostsOut != "" {
 		host, port, err := auth.ClientHost(l.Addr().String())
@@ -208,7 +217,6 @@ func Run(ctx context.Context, opts Options) error {
 			err = auth.WriteKnownHosts(opts.KnownHostsOut, auth.KnownHosts(s.hostKey.PublicKey(), opts.HostAlias, host, port))
 		}
 		if err != nil {
-			l.Close()
 			return err
 		}
 	}
@@ -233,11 +241,26 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.cancel()
 	// Stop accepting first, then let sessions send their exit status
-	// before the connections go.
+	// before the connections go. A client that does not read can hold a
+	// session's last writes; closing its connection releases them.
 	_ = s.ssh.Shutdown(doneContext())
-	s.runs.Wait()
+	done := make(chan struct{})
+	go func() {
+		s.runs.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.opts.KillGrace + closeMargin):
+		s.log.Warn("sessions still running; closing their connections")
+	}
 	_ = s.ssh.Close()
+	<-done
 }
+
+// closeMargin is how long Close waits, beyond the kill grace, for sessions
+// to end on their own before it closes their connections.
+const closeMargin = 5 * time.Second
 
 // doneContext is an already cancelled context: Shutdown then closes the
 // listeners and returns without waiting for connections.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
@@ -19,11 +20,12 @@ import (
 // channel's requests in order; the command, once started, runs in another
 // (run), which owns the output pumps and the exit frames.
 type session struct {
-	s    *Server
-	ch   gossh.Channel
-	conn *gossh.ServerConn
-	log  *slog.Logger
-	env  []string // accepted from the client
+	s        *Server
+	ch       gossh.Channel
+	conn     *gossh.ServerConn
+	log      *slog.Logger
+	env      []string // accepted from the client
+	envBytes int      // their size, bounded by maxEnvBytes
 
 	started bool
 	gone    chan struct{} // closed when the peer closed the channel or the connection died
@@ -46,12 +48,7 @@ func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc g
 		log:  s.log.With("user", conn.User(), "remote", conn.RemoteAddr().String()),
 		gone: make(chan struct{}),
 	}
-	defer func() {
-		if r := recover(); r != nil {
-			se.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
-			conn.Close()
-		}
-	}()
+	defer se.recoverPanic()
 	se.serve(reqs)
 }
 
@@ -109,6 +106,7 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 	go func() {
 		defer se.s.runs.Done()
 		defer close(se.runDone)
+		defer se.recoverPanic()
 		se.run(r)
 	}()
 }
@@ -146,6 +144,7 @@ func (se *session) run(r darlingexec.Request) {
 	}
 
 	go func() {
+		defer se.recoverPanic()
 		// The client's EOF is the command's EOF. Many clients never
 		// half-close, so nothing waits on this copier.
 		_, _ = io.Copy(p.Stdin, se.ch)
@@ -153,8 +152,13 @@ func (se *session) run(r darlingexec.Request) {
 	}()
 	outDone := make(chan struct{})
 	go func() {
+		defer se.recoverPanic()
 		errc := make(chan struct{}, 1)
-		go func() { pump(se.ch.Stderr(), p.Stderr); errc <- struct{}{} }()
+		go func() {
+			defer se.recoverPanic()
+			pump(se.ch.Stderr(), p.Stderr)
+			errc <- struct{}{}
+		}()
 		pump(se.ch, p.Stdout)
 		<-errc
 		close(outDone)
@@ -162,6 +166,20 @@ func (se *session) run(r darlingexec.Request) {
 
 	exited, drained, serverEnded, peerGone := false, false, false, false
 	gone, shutdown := se.gone, se.s.ctx.Done()
+	var drainTimeout <-chan time.Time
+	// endProcesses ends the session's processes, then gives their output
+	// drain to arrive before it stops reading it: a process outside the
+	// session could hold it open for ever.
+	endProcesses := func(drain time.Duration) {
+		p.End(context.Background())
+		switch {
+		case drained:
+		case drain == 0:
+			p.CloseOutput()
+		default:
+			drainTimeout = time.After(drain)
+		}
+	}
 	for !(exited && drained) {
 		select {
 		case <-p.Done():
@@ -171,20 +189,24 @@ func (se *session) run(r darlingexec.Request) {
 				// only the command's direct child, and the rest of the
 				// session is orphaned, possibly holding the output open.
 				log.Warn("launcher died of a signal; ending session processes", "signal", st.Signal)
-				se.end(p)
+				endProcesses(drainGrace)
 			}
 		case <-outDone:
 			drained = true
+		case <-drainTimeout:
+			drainTimeout = nil
+			p.CloseOutput()
 		case <-gone:
 			gone, peerGone = nil, true
 			log.Info("client went away; ending session processes")
-			se.end(p)
+			endProcesses(0)
 		case <-shutdown:
 			shutdown, serverEnded = nil, true
 			log.Info("server shutting down; ending session")
-			se.end(p)
+			endProcesses(drainGrace)
 		}
 	}
+	p.CloseOutput()
 	st, werr := p.Wait()
 	switch {
 	case peerGone:
@@ -206,11 +228,17 @@ func (se *session) run(r darlingexec.Request) {
 	p.Sweep(context.Background())
 }
 
-// end ends the session's processes and then stops reading their output,
-// which a process outside the session could still hold open.
-func (se *session) end(p *darlingexec.Process) {
-	p.End(context.Background())
-	p.CloseOutput()
+// drainGrace is how long a session the server ends still forwards what
+// its processes wrote before they ended.
+const drainGrace = time.Second
+
+// recoverPanic ends the connection of a goroutine that panicked, logged
+// with its stack, and keeps the server running.
+func (se *session) recoverPanic() {
+	if r := recover(); r != nil {
+		se.log.Error("session panic", "panic", r, "stack", string(debug.Stack()))
+		se.conn.Close()
+	}
 }
 
 // pump copies a command's output to the channel. If the channel refuses

@@ -125,6 +125,7 @@ func serve(args []string, stderr io.Writer) int {
 	alias := fs.String("host-alias", defaultAlias, "host alias the known_hosts file names, as ssh-config's HostKeyAlias")
 	killGrace := fs.Duration("kill-grace", 5*time.Second, "time between SIGHUP and SIGKILL when a session's processes are ended")
 	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
+	loginGrace := fs.Duration("login-grace-time", 30*time.Second, "a connection that has not logged in by then is closed")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
@@ -142,6 +143,9 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	if *warmTimeout <= 0 {
 		return usageError(stderr, "serve", "warm-timeout", errors.New("must be positive"))
+	}
+	if *loginGrace <= 0 {
+		return usageError(stderr, "serve", "login-grace-time", errors.New("must be positive"))
 	}
 	if *prefix == "" {
 		return usageError(stderr, "serve", "prefix", errors.New("must not be empty"))
@@ -170,6 +174,7 @@ func serve(args []string, stderr io.Writer) int {
 		AcceptEnv:          envs,
 		KillGrace:          *killGrace,
 		WarmTimeout:        *warmTimeout,
+		LoginGraceTime:     *loginGrace,
 		KnownHostsOut:      *knownHosts,
 		HostAlias:          *alias,
 		Log:                log,

@@ -31,7 +31,9 @@ func container(prefix string) int {
 	if err != nil {
 		return fail("container: %v", err)
 	}
-	r := &reaper{waiters: map[int]chan syscall.WaitStatus{}}
+	r := &reaper{waiters: map[int]chan syscall.WaitStatus{}, sigc: make(chan os.Signal, 16)}
+	// Registered before any child exists, so no SIGCHLD is missed.
+	signal.Notify(r.sigc, syscall.SIGCHLD)
 	go r.run()
 	// The cold-start bug: our stdout is the first caller's, and we keep it.
 	fmt.Fprintln(os.Stdout, bootstrapMsg)
@@ -58,7 +60,7 @@ func assemble(prefix string) error {
 		if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("bind %s: %w", src, err)
 		}
-		return unix.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, "")
+		return unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
 	}
 	if err := bindRO("/usr", filepath.Join(prefix, "usr")); err != nil {
 		return err
@@ -101,12 +103,11 @@ func assemble(prefix string) error {
 type reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan syscall.WaitStatus
+	sigc    chan os.Signal
 }
 
 func (r *reaper) run() {
-	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, syscall.SIGCHLD)
-	for range sigc {
+	for range r.sigc {
 		for {
 			var ws syscall.WaitStatus
 			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)

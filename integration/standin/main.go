@@ -121,10 +121,14 @@ func shell(prefix string, args []string) int {
 	if err := ensureContainer(prefix); err != nil {
 		return fail("darling: %v", err)
 	}
-	// Ignored only now: a container started above must not inherit
-	// SIG_IGN and hand it down to every command.
-	signal.Ignore(syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM,
-		syscall.SIGPIPE, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGALRM)
+	// Every catchable signal is ignored, as Darling's launcher does; only
+	// now, so that a container started above does not inherit SIG_IGN and
+	// hand it down to every command.
+	for sig := syscall.Signal(1); sig < 32; sig++ {
+		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP && sig != syscall.SIGCHLD {
+			signal.Ignore(sig)
+		}
+	}
 	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: filepath.Join(prefix, sockRel), Net: "unix"})
 	if err != nil {
 		return fail("darling: connect to shellspawn: %v", err)
