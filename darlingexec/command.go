@@ -72,6 +72,8 @@ type Launcher struct {
 	warmMu     sync.Mutex // one warm-up at a time for the prefix
 	warmErr    error      // the last warm-up's outcome, under warmMu
 	warmFailed time.Time  // when it ended
+
+	tracker tracker // follows running sessions' processes
 }
 
 // Request is what a session asks the launcher to run.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,8 +19,9 @@ const afterKill = 10 * time.Second
 
 // killSession signals the session's processes: SIGHUP, then SIGKILL after
 // grace, until none is left (or afterKill has passed since the SIGKILL).
-func (l *Launcher) killSession(ctx context.Context, marker []byte, since uint64, grace time.Duration) {
-	ps := &sessionProcs{marker: marker, since: since, protect: l.containerPid(), known: map[int]uint64{}}
+func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time.Duration) {
+	l.tracker.remove(ps)
+	ps.setProtect(l.containerPid())
 	pids := ps.scan()
 	if len(pids) == 0 {
 		return
@@ -66,14 +68,138 @@ func signalAll(pids []int, sig unix.Signal) {
 // their descendants, which may have cleared their environment (Nix starts
 // builders with the derivation's environment only). Once seen, a process
 // stays known by pid and start time, so it is still found after its
-// parent died and it was reparented to the container's init.
+// parent died and it was reparented to the container's init; the tracker
+// looks while the session runs, for processes that leave that way early.
 type sessionProcs struct {
 	marker []byte
 	// since is the launcher's start time: a process started before it
 	// cannot be the session's, so its environment is not read.
-	since   uint64
+	since uint64
+
+	mu      sync.Mutex
 	protect int            // the container's init: never ours
-	known   map[int]uint64 // pid -> start time
+	known   map[int]uint64 // pid -> start time: the session's
+	checked map[int]uint64 // pid -> start time: environment read, not the session's
+}
+
+func newSessionProcs(marker []byte, since uint64, protect int) *sessionProcs {
+	return &sessionProcs{marker: marker, since: since, protect: protect,
+		known: map[int]uint64{}, checked: map[int]uint64{}}
+}
+
+func (s *sessionProcs) setProtect(pid int) {
+	s.mu.Lock()
+	s.protect = pid
+	s.mu.Unlock()
+}
+
+// scan returns the session's live processes.
+func (s *sessionProcs) scan() []int { return s.update(liveProcs()) }
+
+// update brings the session's processes up to date with all, the live
+// processes, and returns them.
+func (s *sessionProcs) update(all map[int]proc) []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	self := os.Getpid()
+	// Forget what died or whose pid was reused.
+	for _, m := range []map[int]uint64{s.known, s.checked} {
+		for pid, start := range m {
+			if p, ok := all[pid]; !ok || p.start != start {
+				delete(m, pid)
+			}
+		}
+	}
+	for pid, p := range all {
+		if pid == self || pid == s.protect || p.start < s.since {
+			continue
+		}
+		if _, ok := s.known[pid]; ok {
+			continue
+		}
+		if _, ok := s.checked[pid]; ok {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if err == nil && hasEntry(env, s.marker) {
+			s.known[pid] = p.start
+		} else {
+			s.checked[pid] = p.start
+		}
+	}
+	// Add descendants until nothing changes.
+	for grew := true; grew; {
+		grew = false
+		for pid, p := range all {
+			if _, ok := s.known[pid]; ok || pid == self || pid == s.protect {
+				continue
+			}
+			if _, ok := s.known[p.ppid]; ok {
+				s.known[pid] = p.start
+				delete(s.checked, pid)
+				grew = true
+			}
+		}
+	}
+	pids := make([]int, 0, len(s.known))
+	for pid := range s.known {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// trackEvery is how often the tracker looks at running sessions.
+const trackEvery = 500 * time.Millisecond
+
+// tracker follows the processes of running sessions in the background,
+// one /proc walk for all of them, so that a process that leaves a
+// session's tree and clears its environment is known when the session
+// ends. It runs only while there are sessions. The zero value is ready.
+type tracker struct {
+	mu       sync.Mutex
+	sessions map[*sessionProcs]struct{}
+	running  bool
+}
+
+func (t *tracker) add(ps *sessionProcs) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sessions == nil {
+		t.sessions = map[*sessionProcs]struct{}{}
+	}
+	t.sessions[ps] = struct{}{}
+	if !t.running {
+		t.running = true
+		go t.loop()
+	}
+}
+
+func (t *tracker) remove(ps *sessionProcs) {
+	t.mu.Lock()
+	delete(t.sessions, ps)
+	t.mu.Unlock()
+}
+
+func (t *tracker) loop() {
+	tick := time.NewTicker(trackEvery)
+	defer tick.Stop()
+	for range tick.C {
+		t.mu.Lock()
+		if len(t.sessions) == 0 {
+			t.running = false
+			t.mu.Unlock()
+			return
+		}
+		list := make([]*sessionProcs, 0, len(t.sessions))
+		for ps := range t.sessions {
+			list = append(list, ps)
+		}
+		t.mu.Unlock()
+		all := liveProcs()
+		for _, ps := range list {
+			ps.update(all)
+		}
+	}
 }
 
 // startTime returns pid's start time in clock ticks since boot, or 0.
@@ -90,48 +216,6 @@ func startTime(pid int) uint64 {
 type proc struct {
 	ppid  int
 	start uint64
-}
-
-// scan returns the session's live processes.
-func (s *sessionProcs) scan() []int {
-	all := liveProcs()
-	self := os.Getpid()
-	for pid, p := range all {
-		if pid == self || pid == s.protect {
-			continue
-		}
-		if _, ok := s.known[pid]; ok || p.start < s.since {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err == nil && hasEntry(env, s.marker) {
-			s.known[pid] = p.start
-		}
-	}
-	// Forget what died or whose pid was reused.
-	for pid, start := range s.known {
-		if p, ok := all[pid]; !ok || p.start != start {
-			delete(s.known, pid)
-		}
-	}
-	// Add descendants until nothing changes.
-	for grew := true; grew; {
-		grew = false
-		for pid, p := range all {
-			if _, ok := s.known[pid]; ok || pid == self || pid == s.protect {
-				continue
-			}
-			if _, ok := s.known[p.ppid]; ok {
-				s.known[pid] = p.start
-				grew = true
-			}
-		}
-	}
-	pids := make([]int, 0, len(s.known))
-	for pid := range s.known {
-		pids = append(pids, pid)
-	}
-	return pids
 }
 
 // liveProcs reads every process's parent and start time from /proc,

@@ -39,8 +39,7 @@ type Process struct {
 	outFiles [2]*os.File // the read ends behind Stdout and Stderr
 
 	cmd     *exec.Cmd
-	marker  []byte // "DARLING_SSHD_SESSION=<id>" as found in /proc/<pid>/environ
-	since   uint64 // the launcher's start time, in clock ticks since boot
+	procs   *sessionProcs // the session's processes, by marker and descent
 	l       *Launcher
 	done    chan struct{}
 	status  ExitStatus
@@ -118,11 +117,11 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		Stderr:   files[4],
 		outFiles: [2]*os.File{files[2], files[4]},
 		cmd:      cmd,
-		marker:   []byte(SessionVar + "=" + id),
-		since:    startTime(cmd.Process.Pid),
+		procs:    newSessionProcs([]byte(SessionVar+"="+id), startTime(cmd.Process.Pid), l.containerPid()),
 		l:        l,
 		done:     make(chan struct{}),
 	}
+	l.tracker.add(p.procs)
 	go p.wait()
 	return p, nil
 }
@@ -177,7 +176,7 @@ func (p *Process) End(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.ended.Store(true)
 		p.Stdin.Close()
-		p.l.killSession(ctx, p.marker, p.since, p.l.KillGrace)
+		p.l.killSession(ctx, p.procs, p.l.KillGrace)
 	})
 }
 
@@ -187,7 +186,7 @@ func (p *Process) End(ctx context.Context) {
 func (p *Process) Sweep(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.Stdin.Close()
-		p.l.killSession(ctx, p.marker, p.since, p.l.KillGrace)
+		p.l.killSession(ctx, p.procs, p.l.KillGrace)
 	})
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -99,8 +100,8 @@ func TestEndFindsDetachedProcesses(t *testing.T) {
 	if !st.Ended || st.Signal == "" {
 		t.Errorf("launcher status %+v: want ended by a signal the server sent", st)
 	}
-	if !strings.Contains(string(p.marker), SessionVar+"=") {
-		t.Errorf("marker %q", p.marker)
+	if !strings.Contains(string(p.procs.marker), SessionVar+"=") {
+		t.Errorf("marker %q", p.procs.marker)
 	}
 }
 
@@ -137,5 +138,46 @@ func TestParseStat(t *testing.T) {
 	}
 	if _, ok := parseStat([]byte("garbage")); ok {
 		t.Error("garbage parsed")
+	}
+}
+
+// TestEndFindsEarlyOrphans: a process that cleared its environment and
+// was orphaned long before the session ended is still ended: the tracker
+// saw it while its parent lived.
+func TestEndFindsEarlyOrphans(t *testing.T) {
+	l := detachingLauncher(t)
+	arg := strconv.Itoa(int(time.Now().UnixNano()%900000) + 100000)
+	parentArg := strconv.Itoa(int(time.Now().UnixNano()%900000) + 1000000)
+	p, err := l.Start(context.Background(), Request{Command: "(env -i /bin/sh -c 'trap \"\" HUP; exec sleep " + arg + "' & exec sleep " + parentArg + "); sleep 1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := func() bool {
+		p.procs.mu.Lock()
+		defer p.procs.mu.Unlock()
+		for _, pid := range sleepers(arg) {
+			if _, ok := p.procs.known[pid]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !known() {
+		if time.Now().After(deadline) {
+			t.Fatal("the tracker never saw the command's child")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Orphan it: its parent dies, and it is reparented out of the tree.
+	for _, pid := range sleepers(parentArg) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for len(sleepers(parentArg)) != 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.End(context.Background())
+	if left := sleepers(arg); len(left) != 0 {
+		t.Errorf("an early orphan without the marker survived End: %v", left)
 	}
 }
