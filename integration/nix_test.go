@@ -238,12 +238,9 @@ func TestNixBuildCancelled(t *testing.T) {
 		t.Fatal("the remote builder never started")
 	}
 	// The ssh that nix-build (its build hook) runs for this server.
-	var sshPids []int
-	for _, p := range procsMatching(func(cl string) bool {
+	sshPids := procsMatching(func(cl string) bool {
 		return strings.HasPrefix(cl, "ssh\x00") && strings.Contains(cl, c.s.sshConfig) && strings.Contains(cl, "nix-store --serve --write")
-	}) {
-		sshPids = append(sshPids, p)
-	}
+	})
 	if len(sshPids) == 0 {
 		t.Fatal("found no ssh process of the build")
 	}
