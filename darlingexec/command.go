@@ -87,6 +87,8 @@ type Request struct {
 	// Env holds NAME=value pairs accepted from the client and set by the
 	// server (SSH_CONNECTION, SSH_CLIENT, …).
 	Env []string
+	// PTY, if set, runs the command on a terminal.
+	PTY *PTY
 }
 
 // shQuote quotes s for a POSIX shell: inside single quotes everything is

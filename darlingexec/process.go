@@ -30,13 +30,15 @@ type ExitStatus struct {
 // Process is a running session: the launcher and whatever Darling started
 // for it inside the container.
 type Process struct {
-	// Stdin is the write end of the command's stdin; closing it is the
-	// command's EOF. Stdout and Stderr read its output; Stdout starts
-	// where the command started, after any startup noise.
-	Stdin          *os.File
+	// Stdin is the command's stdin; closing it is the command's EOF (on
+	// a terminal, closing does nothing: the terminal stays). Stdout and
+	// Stderr read its output; Stdout starts where the command started,
+	// after any startup noise. On a terminal, Stderr is empty.
+	Stdin          io.WriteCloser
 	Stdout, Stderr io.Reader
 
-	outFiles [2]*os.File // the read ends behind Stdout and Stderr
+	outFiles []*os.File // our ends of the pipes or the terminal
+	pty      *os.File   // the terminal's master, or nil
 
 	cmd     *exec.Cmd
 	procs   *sessionProcs // the session's processes, by marker and descent
@@ -59,14 +61,16 @@ func newSessionID() (string, error) {
 
 // Start runs req through the launcher, after warming the prefix if its
 // container is not running, so that a session is never handed a cold
-// start. stdin, stdout and stderr are separate pipes.
+// start. stdin, stdout and stderr are separate pipes, or one terminal when
+// req.PTY is set.
 func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	id, err := newSessionID()
 	if err != nil {
 		return nil, err
 	}
+	// A terminal is for a person: no marker is printed on it.
 	var marker string
-	if req.Command != "" || !req.Shell {
+	if req.PTY == nil && (req.Command != "" || !req.Shell) {
 		marker = "\x1edarling-sshd:" + id + "\x1e"
 	}
 	args := l.Args(req, marker)
@@ -78,48 +82,42 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		return nil, err
 	}
 
-	var files [6]*os.File // stdin r,w; stdout r,w; stderr r,w
-	closeAll := func() {
-		for _, f := range files {
-			if f != nil {
-				f.Close()
-			}
-		}
-	}
-	for i := 0; i < 6; i += 2 {
-		r, w, err := os.Pipe()
-		if err != nil {
-			closeAll()
-			return nil, fmt.Errorf("pipe: %w", err)
-		}
-		files[i], files[i+1] = r, w
-	}
 	cmd := exec.Command(l.Path, args...)
-	cmd.Env = env
 	cmd.Dir = "/"
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = files[0], files[3], files[5]
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var sio *stdio
+	if req.PTY != nil {
+		sio, err = newPTY(cmd, req.PTY)
+	} else {
+		sio, err = newPipes(cmd)
+	}
+	if err != nil {
+		return nil, err
+	}
+	// newPTY adds TERM and SSH_TTY, so the environment is set after it.
+	if err := Check(nil, sio.env); err != nil {
+		sio.closeAll()
+		return nil, err
+	}
+	cmd.Env = append(env, sio.env...)
 	if err := cmd.Start(); err != nil {
-		closeAll()
+		sio.closeAll()
 		return nil, fmt.Errorf("start launcher %s: %w", l.Path, err)
 	}
-	files[0].Close()
-	files[3].Close()
-	files[5].Close()
+	sio.closeChild()
 
-	var stdout io.Reader = files[2]
-	if marker != "" {
-		stdout = &markerReader{r: files[2], marker: []byte(marker), log: l.Log}
-	}
 	p := &Process{
-		Stdin:    files[1],
-		Stdout:   stdout,
-		Stderr:   files[4],
-		outFiles: [2]*os.File{files[2], files[4]},
-		cmd:      cmd,
-		procs:    newSessionProcs([]byte(SessionVar+"="+id), startTime(cmd.Process.Pid), l.containerPid()),
-		l:        l,
-		done:     make(chan struct{}),
+		Stdin:  sio.stdin,
+		Stdout: sio.stdout,
+		Stderr: sio.stderr,
+		cmd:    cmd,
+		pty:    sio.pty,
+		procs:  newSessionProcs([]byte(SessionVar+"="+id), startTime(cmd.Process.Pid), l.containerPid()),
+		l:      l,
+		done:   make(chan struct{}),
+	}
+	p.outFiles = sio.parent
+	if marker != "" {
+		p.Stdout = &markerReader{r: sio.stdout, marker: []byte(marker), log: l.Log}
 	}
 	l.tracker.add(p.procs)
 	go p.wait()
@@ -159,8 +157,9 @@ func (p *Process) Wait() (ExitStatus, error) {
 // CloseOutput stops reading the command's output; pending reads return.
 // It is for a session being ended, whose output nobody wants any more.
 func (p *Process) CloseOutput() {
-	p.outFiles[0].Close()
-	p.outFiles[1].Close()
+	for _, f := range p.outFiles {
+		f.Close()
+	}
 }
 
 // Pid is the launcher's process id.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -28,7 +29,14 @@ type session struct {
 	envBytes int      // their size, bounded by maxEnvBytes
 
 	started bool
+	pty     *ptyRequest   // from pty-req, before the command starts
 	gone    chan struct{} // closed when the peer closed the channel or the connection died
+
+	// mu guards proc and size: window-change comes on serve's goroutine,
+	// the process on run's.
+	mu      sync.Mutex
+	proc    *darlingexec.Process
+	size    *windowChange // the latest size, until proc exists
 	runDone chan struct{} // closed when run has returned
 }
 
@@ -61,6 +69,10 @@ func (se *session) serve(reqs <-chan *gossh.Request) {
 		switch req.Type {
 		case "env":
 			ok = se.setEnv(req.Payload)
+		case "pty-req":
+			ok = se.setPty(req.Payload)
+		case "window-change":
+			ok = se.windowChange(req.Payload)
 		case "exec":
 			var p struct{ Command string }
 			if err := gossh.Unmarshal(req.Payload, &p); err != nil || se.started {
@@ -95,6 +107,9 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 	}
 	r.User = se.conn.User()
 	r.Env = append(se.connEnv(), se.env...)
+	if se.pty != nil {
+		r.PTY = se.pty.pty()
+	}
 	se.runDone = make(chan struct{})
 	if !se.s.startRun() {
 		go func() {
@@ -109,6 +124,36 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 		defer se.recoverPanic()
 		se.run(r)
 	}()
+}
+
+// setPty handles "pty-req": the command will run on a terminal.
+func (se *session) setPty(payload []byte) bool {
+	if se.started || se.pty != nil {
+		return false
+	}
+	r, err := parsePtyReq(payload)
+	if err != nil {
+		se.log.Info("pty request refused", "err", err)
+		return false
+	}
+	se.pty = r
+	return true
+}
+
+// windowChange resizes the terminal, or remembers the size for when the
+// command starts. It never blocks.
+func (se *session) windowChange(payload []byte) bool {
+	var w windowChange
+	if err := gossh.Unmarshal(payload, &w); err != nil {
+		return false
+	}
+	se.mu.Lock()
+	defer se.mu.Unlock()
+	if se.proc != nil {
+		return se.proc.Resize(clampSize(w.Cols), clampSize(w.Rows)) == nil
+	}
+	se.size = &w
+	return true
 }
 
 // connEnv is what the server itself tells the command about the connection.
@@ -137,6 +182,12 @@ func (se *session) run(r darlingexec.Request) {
 		return
 	}
 	log = log.With("pid", p.Pid())
+	se.mu.Lock()
+	se.proc = p
+	if se.size != nil {
+		p.Resize(clampSize(se.size.Cols), clampSize(se.size.Rows))
+	}
+	se.mu.Unlock()
 	if r.Shell {
 		log.Info("shell started")
 	} else {

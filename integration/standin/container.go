@@ -176,7 +176,7 @@ func serveSpawn(c *net.UnixConn, prefix, self string, r *reaper) {
 	pid, err := syscall.ForkExec(self, argv, &syscall.ProcAttr{
 		Env:   env,
 		Files: []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])},
-		Sys:   &syscall.SysProcAttr{Setsid: true, Unshareflags: syscall.CLONE_NEWNS},
+		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0, Unshareflags: syscall.CLONE_NEWNS},
 	})
 	if err == nil {
 		r.waiters[pid] = done

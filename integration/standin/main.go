@@ -51,6 +51,7 @@ type request struct {
 	Cwd  string
 	UID  int
 	GID  int
+	TTY  bool // fd 0 is a terminal: make it the command's controlling terminal
 }
 
 func main() {
@@ -125,7 +126,7 @@ func shell(prefix string, args []string) int {
 	// now, so that a container started above does not inherit SIG_IGN and
 	// hand it down to every command.
 	for sig := syscall.Signal(1); sig < 32; sig++ {
-		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP && sig != syscall.SIGCHLD {
+		if sig != syscall.SIGKILL && sig != syscall.SIGSTOP && sig != syscall.SIGCHLD && sig != syscall.SIGWINCH {
 			signal.Ignore(sig)
 		}
 	}
@@ -133,17 +134,40 @@ func shell(prefix string, args []string) int {
 	if err != nil {
 		return fail("darling: connect to shellspawn: %v", err)
 	}
+	fds := []int{0, 1, 2}
+	var term *terminal
+	if _, err := unix.IoctlGetTermios(0, unix.TCGETS); err == nil {
+		// Darling's terminal mode: the command gets a terminal of its own.
+		if term, err = newTerminal(); err != nil {
+			return fail("darling: %v", err)
+		}
+		defer term.restore()
+		fds = []int{term.slaveFd(), 1, 2}
+		if _, err := unix.IoctlGetTermios(1, unix.TCGETS); err == nil {
+			fds[1] = term.slaveFd()
+		}
+		if _, err := unix.IoctlGetTermios(2, unix.TCGETS); err == nil {
+			fds[2] = term.slaveFd()
+		}
+		req.TTY = true
+	}
 	body, _ := json.Marshal(req)
 	hdr := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
-	if _, _, err := conn.WriteMsgUnix(hdr, unix.UnixRights(0, 1, 2), nil); err != nil {
+	if _, _, err := conn.WriteMsgUnix(hdr, unix.UnixRights(fds...), nil); err != nil {
 		return fail("darling: send to shellspawn: %v", err)
 	}
 	if _, err := conn.Write(body); err != nil {
 		return fail("darling: send to shellspawn: %v", err)
 	}
+	if term != nil {
+		term.start()
+	}
 	var st [4]byte
 	if _, err := io.ReadFull(conn, st[:]); err != nil {
 		return fail("darling: lost shellspawn: %v", err)
+	}
+	if term != nil {
+		term.wait()
 	}
 	return int(binary.BigEndian.Uint32(st[:]))
 }

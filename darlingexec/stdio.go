@@ -1,0 +1,124 @@
+package darlingexec
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+)
+
+// PTY asks for the command to run on a terminal.
+type PTY struct {
+	Term       string // TERM
+	Cols, Rows uint16
+	// Modes, if set, adjusts the terminal's settings before the command
+	// starts (the client's terminal modes).
+	Modes func(*unix.Termios)
+}
+
+// stdio is a command's stdin, stdout and stderr being set up: the
+// parent's ends, and the child's, closed once the child has them.
+type stdio struct {
+	stdin          io.WriteCloser
+	stdout, stderr io.Reader
+	parent         []*os.File // ours, closed by CloseOutput
+	child          []*os.File // the launcher's, closed after it started
+	pty            *os.File
+	env            []string
+}
+
+func (s *stdio) closeChild() {
+	for _, f := range s.child {
+		f.Close()
+	}
+}
+
+func (s *stdio) closeAll() {
+	s.closeChild()
+	for _, f := range s.parent {
+		f.Close()
+	}
+}
+
+// newPipes gives the command three pipes, each binary-safe. Its output
+// pipes are *os.File, so that exec.Cmd starts no copying goroutine and a
+// process that keeps them open cannot hang Wait (go#23019).
+func newPipes(cmd *exec.Cmd) (*stdio, error) {
+	s := &stdio{}
+	var f [6]*os.File // stdin r,w; stdout r,w; stderr r,w
+	for i := 0; i < 6; i += 2 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("pipe: %w", err)
+		}
+		f[i], f[i+1] = r, w
+		if i == 0 {
+			s.child, s.parent = append(s.child, r), append(s.parent, w)
+		} else {
+			s.child, s.parent = append(s.child, w), append(s.parent, r)
+		}
+	}
+	s.stdin, s.stdout, s.stderr = f[1], f[2], f[4]
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = f[0], f[3], f[5]
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return s, nil
+}
+
+// newPTY gives the command a terminal: the launcher's stdin, stdout and
+// stderr are its slave, and it is the launcher's controlling terminal.
+// Darling, seeing a terminal, gives the command a terminal of its own
+// with these settings and size and forwards size changes.
+func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
+	master, slave, err := pty.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open pty: %w", err)
+	}
+	s := &stdio{parent: []*os.File{master}, child: []*os.File{slave}, pty: master}
+	if p.Modes != nil {
+		t, err := unix.IoctlGetTermios(int(slave.Fd()), unix.TCGETS)
+		if err == nil {
+			p.Modes(t)
+			err = unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, t)
+		}
+		if err != nil {
+			s.closeAll()
+			return nil, fmt.Errorf("terminal modes: %w", err)
+		}
+	}
+	if err := pty.Setsize(master, &pty.Winsize{Cols: p.Cols, Rows: p.Rows}); err != nil {
+		s.closeAll()
+		return nil, fmt.Errorf("terminal size: %w", err)
+	}
+	s.stdin = ptyInput{master}
+	s.stdout = master
+	s.stderr = strings.NewReader("")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if p.Term != "" {
+		s.env = append(s.env, "TERM="+p.Term)
+	}
+	s.env = append(s.env, "SSH_TTY="+slave.Name())
+	return s, nil
+}
+
+// ptyInput writes to the terminal; closing it does not close the
+// terminal, which is also the command's output.
+type ptyInput struct{ f *os.File }
+
+func (p ptyInput) Write(b []byte) (int, error) { return p.f.Write(b) }
+func (p ptyInput) Close() error                { return nil }
+
+// Resize sets the terminal's size; the kernel tells the launcher with
+// SIGWINCH. Without a terminal it does nothing.
+func (p *Process) Resize(cols, rows uint16) error {
+	if p.pty == nil {
+		return nil
+	}
+	return pty.Setsize(p.pty, &pty.Winsize{Cols: cols, Rows: rows})
+}
