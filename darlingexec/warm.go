@@ -146,3 +146,27 @@ func lastLine(f *os.File) string {
 	lines := strings.Split(strings.TrimSpace(string(b[:n])), "\n")
 	return strings.TrimSpace(lines[len(lines)-1])
 }
+
+// PrefixRoot opens the prefix as its own processes see it, warming the
+// container first if it is not running. Darling mounts an overlay over the
+// prefix inside the container's mount namespace; from the host the prefix
+// folder holds only the overlay's upper layer, and changing it behind the
+// mounted overlay is undefined. So the merged view is opened through the
+// container's namespace, /proc/<pid>/root + prefix. Only when the launcher
+// records no container pid is the prefix folder itself used.
+func (l *Launcher) PrefixRoot(ctx context.Context) (*os.File, error) {
+	if err := l.EnsureWarm(ctx); err != nil {
+		return nil, err
+	}
+	path := l.Prefix
+	if pid := l.containerPid(); pid != 0 {
+		path = "/proc/" + strconv.Itoa(pid) + "/root" + l.Prefix
+	} else {
+		l.Log.Warn("no container pid; serving the prefix folder as the host sees it", "prefix", l.Prefix)
+	}
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open prefix %s: %w", path, err)
+	}
+	return os.NewFile(uintptr(fd), l.Prefix), nil
+}

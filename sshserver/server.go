@@ -58,6 +58,8 @@ type Server struct {
 	acceptEnv []string
 	// preauth maps a remote address to its connection's login state.
 	preauth sync.Map
+	// home is where SFTP starts: the server user's home in the prefix.
+	home string
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -110,6 +112,7 @@ func New(opts Options) (*Server, error) {
 			HostEnv:     hostEnv(),
 		},
 		acceptEnv: append(DefaultAcceptEnv(), opts.AcceptEnv...),
+		home:      homeDir(),
 		ctx:       ctx,
 		cancel:    cancel,
 	}

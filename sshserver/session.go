@@ -81,6 +81,17 @@ func (se *session) serve(reqs <-chan *gossh.Request) {
 			ok = true
 			se.start(req, darlingexec.Request{Command: p.Command})
 			continue
+		case "subsystem":
+			var sub struct{ Name string }
+			if err := gossh.Unmarshal(req.Payload, &sub); err != nil || se.started {
+				break
+			}
+			if sub.Name != "sftp" {
+				se.log.Info("subsystem refused", "name", truncate(sub.Name, 64))
+				break
+			}
+			se.startSFTP(req)
+			continue
 		case "shell":
 			if se.started {
 				break
