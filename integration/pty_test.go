@@ -193,3 +193,14 @@ func TestPtySequences(t *testing.T) {
 	readUntil("after=43 132")
 	<-readDone
 }
+
+// TestInteractiveCtrlD: Ctrl-D at the prompt ends the shell and the
+// session.
+func TestInteractiveCtrlD(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	tm := newTmux(t, s, 80, 24, "ssh -F "+s.sshConfig+" -tt dut; echo SSH-EXIT=$?; sleep 600")
+	tm.waitScreen("#")
+	tm.keys("false", "Enter")
+	tm.keys("C-d")
+	tm.waitScreen("SSH-EXIT=1")
+}
