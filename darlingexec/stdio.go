@@ -75,9 +75,9 @@ func newPipes(cmd *exec.Cmd) (*stdio, error) {
 // Darling, seeing a terminal, gives the command a terminal of its own
 // with these settings and size and forwards size changes.
 func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
-	master, slave, err := pty.Open()
+	master, slave, err := openPTY()
 	if err != nil {
-		return nil, fmt.Errorf("open pty: %w", err)
+		return nil, err
 	}
 	s := &stdio{parent: []*os.File{master}, child: []*os.File{slave}, pty: master}
 	if p.Modes != nil {
@@ -91,7 +91,7 @@ func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
 			return nil, fmt.Errorf("terminal modes: %w", err)
 		}
 	}
-	if err := pty.Setsize(master, &pty.Winsize{Cols: p.Cols, Rows: p.Rows}); err != nil {
+	if err := setSize(master, p.Cols, p.Rows); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("terminal size: %w", err)
 	}
@@ -114,11 +114,49 @@ type ptyInput struct{ f *os.File }
 func (p ptyInput) Write(b []byte) (int, error) { return p.f.Write(b) }
 func (p ptyInput) Close() error                { return nil }
 
+// openPTY opens a terminal pair with the master non-blocking, so that it
+// is read through Go's poller and closing it ends a pending read.
+func openPTY() (master, slave *os.File, err error) {
+	m, slave, err := pty.Open()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	fd, err := unix.Dup(int(m.Fd()))
+	m.Close()
+	if err == nil {
+		unix.CloseOnExec(fd)
+		err = unix.SetNonblock(fd, true)
+	}
+	if err != nil {
+		slave.Close()
+		return nil, nil, fmt.Errorf("open pty: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "/dev/ptmx"), slave, nil
+}
+
+// setSize sets a terminal's size through the master without File.Fd,
+// which would put it back in blocking mode.
+func setSize(master *os.File, cols, rows uint16) error {
+	rc, err := master.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	err = rc.Control(func(fd uintptr) {
+		ierr = unix.IoctlSetWinsize(int(fd), unix.TIOCSWINSZ, &unix.Winsize{Col: cols, Row: rows})
+	})
+	if err != nil {
+		return err
+	}
+	return ierr
+}
+
 // Resize sets the terminal's size; the kernel tells the launcher with
-// SIGWINCH. Without a terminal it does nothing.
+// SIGWINCH. Without a terminal, or once the output is closed, it does
+// nothing.
 func (p *Process) Resize(cols, rows uint16) error {
 	if p.pty == nil {
 		return nil
 	}
-	return pty.Setsize(p.pty, &pty.Winsize{Cols: cols, Rows: rows})
+	return setSize(p.pty, cols, rows)
 }

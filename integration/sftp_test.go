@@ -168,9 +168,14 @@ func TestSFTPColdContainer(t *testing.T) {
 	}
 	exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").Run()
 	os.WriteFile(broken, nil, 0o644)
+	// The reason goes to the client's stderr too, but OpenSSH's sftp
+	// exits on the failed request before it prints what came with it.
 	out, err := s.sftpBatch(t, "ls /\n")
-	if err == nil || !strings.Contains(out, "prefix is broken") {
+	if err == nil || !strings.Contains(out, "subsystem request failed") {
 		t.Errorf("sftp with a launcher that cannot warm: %v\n%s", err, out)
+	}
+	if !s.logged(`msg="sftp not started"`) || !s.logged("prefix is broken") {
+		t.Errorf("the reason was not logged")
 	}
 }
 
