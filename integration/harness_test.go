@@ -137,6 +137,7 @@ func startServer(t *testing.T, o serverOpt) *server {
 		"--authorized-keys", s.clientKey + ".pub",
 		"--kill-grace", killGrace.String(),
 		"--known-hosts-out", filepath.Join(dir, "known_hosts_out"),
+		"--shutdown-grace", "1s",
 		"--log-level", "debug",
 	}, o.args...)
 	s.cmd = exec.Command(bins.server, args...)

@@ -16,6 +16,7 @@ import (
 	"os/user"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -39,6 +40,12 @@ type Options struct {
 	KillGrace          time.Duration
 	WarmTimeout        time.Duration
 	LoginGraceTime     time.Duration // a connection not logged in by then is closed
+	ShutdownGrace      time.Duration // how long running sessions may finish after SIGTERM
+	// Ready, if set, is called once the server accepts sessions (after
+	// the warm-up): systemd's READY=1.
+	Ready func()
+	// Reload receives a value for each SIGHUP: reload the authorized keys.
+	Reload <-chan os.Signal
 	// KnownHostsOut, if set, is written at start with lines trusting the
 	// host key for HostAlias and for the address clients dial.
 	KnownHostsOut string
@@ -51,7 +58,7 @@ type Server struct {
 	opts     Options
 	log      *slog.Logger
 	hostKey  gossh.Signer
-	keys     *auth.AuthorizedKeys
+	keys     atomic.Pointer[auth.AuthorizedKeys] // swapped by ReloadKeys
 	launcher *darlingexec.Launcher
 	ssh      *gliderssh.Server
 	// acceptEnv holds the names and globs of variables clients may set.
@@ -85,12 +92,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := auth.LoadAuthorizedKeys(opts.AuthorizedKeysPath)
+	keys, err := loadKeys(opts.AuthorizedKeysPath, log)
 	if err != nil {
 		return nil, err
-	}
-	for _, r := range keys.Rejected {
-		log.Warn("authorized key line ignored", "file", keys.Path, "line", r.Line, "reason", r.Reason)
 	}
 	launcherPath, err := exec.LookPath(opts.Darling)
 	if err != nil {
@@ -101,7 +105,6 @@ func New(opts Options) (*Server, error) {
 		opts:    opts,
 		log:     log,
 		hostKey: hostKey,
-		keys:    keys,
 		launcher: &darlingexec.Launcher{
 			Path:        launcherPath,
 			Prefix:      opts.Prefix,
@@ -116,6 +119,7 @@ func New(opts Options) (*Server, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 	}
+	s.keys.Store(keys)
 	s.ssh = &gliderssh.Server{
 		HostSigners:              []gliderssh.Signer{hostKey},
 		Version:                  "darling-sshd",
@@ -128,6 +132,30 @@ func New(opts Options) (*Server, error) {
 		ConnectionFailedCallback: s.connectionFailed,
 	}
 	return s, nil
+}
+
+// loadKeys loads the authorized keys, logging the lines it ignores.
+func loadKeys(path string, log *slog.Logger) (*auth.AuthorizedKeys, error) {
+	keys, err := auth.LoadAuthorizedKeys(path)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range keys.Rejected {
+		log.Warn("authorized key line ignored", "file", keys.Path, "line", r.Line, "reason", r.Reason)
+	}
+	return keys, nil
+}
+
+// ReloadKeys reads the authorized keys file again; running sessions are
+// not touched. If the file cannot be used, the keys in force stay.
+func (s *Server) ReloadKeys() {
+	keys, err := loadKeys(s.opts.AuthorizedKeysPath, s.log)
+	if err != nil {
+		s.log.Error("reload authorized keys failed; keeping the keys in force", "err", err)
+		return
+	}
+	s.keys.Store(keys)
+	s.log.Info("authorized keys reloaded", "file", s.opts.AuthorizedKeysPath, "keys", keys.Len())
 }
 
 // hostEnv returns HOME and PATH of the server's own user, which Darling
@@ -170,7 +198,7 @@ func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool 
 			"remote", ctx.RemoteAddr().String(), "key", fp)
 		return false
 	}
-	if s.keys.Lookup(key) == nil {
+	if s.keys.Load().Lookup(key) == nil {
 		s.log.Info("login refused", "reason", "key not authorized", "user", ctx.User(),
 			"remote", ctx.RemoteAddr().String(), "key", fp)
 		return false
@@ -227,31 +255,50 @@ func Run(ctx context.Context, opts Options) error {
 		"launcher", s.launcher.Path, "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(l) }()
-	select {
-	case err = <-errc:
-	case <-ctx.Done():
-		s.log.Info("shutting down")
+	if opts.Ready != nil {
+		opts.Ready()
+	}
+	for {
+		select {
+		case err = <-errc:
+		case <-opts.Reload:
+			s.ReloadKeys()
+			continue
+		case <-ctx.Done():
+			s.log.Info("shutting down")
+		}
+		break
 	}
 	s.Close()
 	return err
 }
 
-// Close stops listening, ends running sessions (exit status 255 and a line
-// on stderr) and closes every connection.
+// Close stops listening, lets running sessions finish within the
+// shutdown grace, then ends what remains (exit status 255 and a line on
+// stderr, their processes as on disconnect) and closes every connection.
 func (s *Server) Close() {
+	// Stop accepting. A connection in its handshake goes on; if it opens
+	// a session now, the session is refused with a message.
+	_ = s.ssh.Shutdown(doneContext())
 	s.mu.Lock()
 	s.closing = true
 	s.mu.Unlock()
-	s.cancel()
-	// Stop accepting first, then let sessions send their exit status
-	// before the connections go. A client that does not read can hold a
-	// session's last writes; closing its connection releases them.
-	_ = s.ssh.Shutdown(doneContext())
 	done := make(chan struct{})
 	go func() {
 		s.runs.Wait()
 		close(done)
 	}()
+	if s.opts.ShutdownGrace > 0 {
+		s.log.Info("waiting for running sessions", "grace", s.opts.ShutdownGrace)
+		select {
+		case <-done:
+		case <-time.After(s.opts.ShutdownGrace):
+			s.log.Info("shutdown grace over; ending running sessions")
+		}
+	}
+	s.cancel()
+	// A client that does not read can hold a session's last writes;
+	// closing its connection releases them.
 	select {
 	case <-done:
 	case <-time.After(s.opts.KillGrace + closeMargin):

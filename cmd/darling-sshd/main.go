@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/darling-sshd/darling-sshd/auth"
@@ -126,6 +127,7 @@ func serve(args []string, stderr io.Writer) int {
 	killGrace := fs.Duration("kill-grace", 5*time.Second, "time between SIGHUP and SIGKILL when a session's processes are ended")
 	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
 	loginGrace := fs.Duration("login-grace-time", 30*time.Second, "a connection that has not logged in by then is closed")
+	shutdownGrace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long running sessions may finish before they are ended")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
@@ -143,6 +145,9 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	if *warmTimeout <= 0 {
 		return usageError(stderr, "serve", "warm-timeout", errors.New("must be positive"))
+	}
+	if *shutdownGrace < 0 {
+		return usageError(stderr, "serve", "shutdown-grace", errors.New("must not be negative"))
 	}
 	if *loginGrace <= 0 {
 		return usageError(stderr, "serve", "login-grace-time", errors.New("must be positive"))
@@ -163,6 +168,8 @@ func serve(args []string, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	reload := make(chan os.Signal, 1)
+	signal.Notify(reload, syscall.SIGHUP)
 	err = sshserver.Run(ctx, sshserver.Options{
 		Listen:             *listen,
 		Prefix:             *prefix,
@@ -175,6 +182,9 @@ func serve(args []string, stderr io.Writer) int {
 		KillGrace:          *killGrace,
 		WarmTimeout:        *warmTimeout,
 		LoginGraceTime:     *loginGrace,
+		ShutdownGrace:      *shutdownGrace,
+		Reload:             reload,
+		Ready:              func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 		KnownHostsOut:      *knownHosts,
 		HostAlias:          *alias,
 		Log:                log,
