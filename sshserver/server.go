@@ -96,24 +96,17 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	launcherPath, err := exec.LookPath(opts.Darling)
+	launcher, err := NewLauncher(opts.Darling, opts.Prefix, opts.PrefixStyle, opts.WarmTimeout, log)
 	if err != nil {
-		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", opts.Darling, err)
+		return nil, err
 	}
+	launcher.KillGrace = opts.KillGrace
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		opts:    opts,
-		log:     log,
-		hostKey: hostKey,
-		launcher: &darlingexec.Launcher{
-			Path:        launcherPath,
-			Prefix:      opts.Prefix,
-			Style:       opts.PrefixStyle,
-			KillGrace:   opts.KillGrace,
-			WarmTimeout: opts.WarmTimeout,
-			Log:         log,
-			HostEnv:     hostEnv(),
-		},
+		opts:      opts,
+		log:       log,
+		hostKey:   hostKey,
+		launcher:  launcher,
 		acceptEnv: append(DefaultAcceptEnv(), opts.AcceptEnv...),
 		home:      homeDir(),
 		ctx:       ctx,
@@ -156,6 +149,21 @@ func (s *Server) ReloadKeys() {
 	}
 	s.keys.Store(keys)
 	s.log.Info("authorized keys reloaded", "file", s.opts.AuthorizedKeysPath, "keys", keys.Len())
+}
+
+// NewLauncher finds the launcher and checks the prefix path.
+func NewLauncher(darling, prefix string, style darlingexec.Style, warmTimeout time.Duration, log *slog.Logger) (*darlingexec.Launcher, error) {
+	path, err := exec.LookPath(darling)
+	if err != nil {
+		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", darling, err)
+	}
+	if err := darlingexec.CheckPrefix(prefix); err != nil {
+		return nil, err
+	}
+	return &darlingexec.Launcher{
+		Path: path, Prefix: prefix, Style: style, WarmTimeout: warmTimeout,
+		KillGrace: 5 * time.Second, Log: log, HostEnv: hostEnv(),
+	}, nil
 }
 
 // hostEnv returns HOME and PATH of the server's own user, which Darling

@@ -29,6 +29,7 @@ const usage = `usage: darling-sshd <command> [flags]
 
 commands:
   serve          serve SSH sessions inside the Darling prefix
+  init           prepare the prefix for Nix (nix.conf, /var/empty, optionally a shared store)
   hostkey        print the host key's public line (generating the key if missing)
   check          connect as Nix would and run the nix-store --serve handshake
   machines-line  print the builder's /etc/nix/machines line
@@ -44,6 +45,7 @@ const (
 	defaultKnownHosts = "/var/lib/darling-sshd/known_hosts"
 	defaultIdentity   = "/etc/nix/darling-builder-key"
 	defaultAlias      = "darling-builder"
+	defaultPrefix     = "/var/lib/darling-builder/prefix"
 )
 
 func main() {
@@ -60,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "hostkey":
 		return hostkey(args[1:], stdout, stderr)
+	case "init":
+		return initPrefix(args[1:], stdout, stderr)
 	case "check":
 		return check(args[1:], stdout, stderr)
 	case "machines-line", "ssh-config":
@@ -68,7 +72,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
-	fmt.Fprintf(stderr, "darling-sshd: unknown command %q (want serve, hostkey, check, machines-line or ssh-config)\n", args[0])
+	fmt.Fprintf(stderr, "darling-sshd: unknown command %q (want serve, init, hostkey, check, machines-line or ssh-config)\n", args[0])
 	return 2
 }
 
@@ -115,9 +119,8 @@ func list(s string) []string {
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", defaultListen, "address to listen on (host:port)")
-	prefix := fs.String("prefix", "/var/lib/darling-builder/prefix", "Darling prefix the sessions run in (Darling creates it; we never do)")
-	darling := fs.String("darling", "darling", "Darling launcher: a path, or a name looked up in PATH")
-	style := fs.String("prefix-style", "flag", "how the launcher gets the prefix: flag (--prefix P, plus DPREFIX) or env (DPREFIX only, upstream Darling)")
+	lf := addLauncherFlags(fs)
+	prefix, darling, style := lf.prefix, lf.darling, lf.style
 	hostKey := fs.String("host-key", defaultHostKey, "ed25519 host key file, generated if missing")
 	authKeys := fs.String("authorized-keys", "/etc/nix/darling-builder-key.pub", "public key or authorized_keys file of the users allowed in")
 	allowUsers := fs.String("allow-users", "root", "comma-separated login names allowed in")
@@ -191,6 +194,53 @@ func serve(args []string, stderr io.Writer) int {
 	})
 	if err != nil {
 		log.Error("darling-sshd serve failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+// launcherFlags are the flags serve and init share to reach the prefix.
+type launcherFlags struct {
+	prefix, darling, style *string
+}
+
+func addLauncherFlags(fs *flag.FlagSet) launcherFlags {
+	return launcherFlags{
+		prefix:  fs.String("prefix", defaultPrefix, "Darling prefix the sessions run in (Darling creates it; we never do)"),
+		darling: fs.String("darling", "darling", "Darling launcher: a path, or a name looked up in PATH"),
+		style:   fs.String("prefix-style", "flag", "how the launcher gets the prefix: flag (--prefix P, plus DPREFIX) or env (DPREFIX only, upstream Darling)"),
+	}
+}
+
+func initPrefix(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("init", flag.ContinueOnError)
+	lf := addLauncherFlags(fs)
+	share := fs.Bool("share-store", false, "link the prefix's /nix to the host's store (unsafe for remote builds: both Nix daemons lock the same paths)")
+	features := fs.String("system-features", "", "comma-separated system-features for the prefix's nix.conf")
+	maxJobs := fs.Int("max-jobs", 4, "max-jobs for the prefix's nix.conf")
+	force := fs.Bool("force", false, "overwrite managed files a person edited")
+	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
+	if code, ok := parse(fs, args, stderr); !ok {
+		return code
+	}
+	st, err := darlingexec.ParseStyle(*lf.style)
+	if err != nil {
+		return usageError(stderr, "init", "prefix-style", err)
+	}
+	if *maxJobs < 1 {
+		return usageError(stderr, "init", "max-jobs", errors.New("must be at least 1"))
+	}
+	l, err := sshserver.NewLauncher(*lf.darling, *lf.prefix, st, *warmTimeout,
+		slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		fmt.Fprintf(stderr, "darling-sshd init: %v\n", err)
+		return 1
+	}
+	err = l.Init(context.Background(), darlingexec.InitOptions{
+		ShareStore: *share, SystemFeatures: list(*features), MaxJobs: *maxJobs, Force: *force,
+	}, stdout)
+	if err != nil {
+		fmt.Fprintf(stderr, "darling-sshd init: %v\n", err)
 		return 1
 	}
 	return 0
