@@ -1,0 +1,233 @@
+# NixOS module: a Linux host as a Nix remote builder for x86_64-darwin,
+# through darling-sshd serving a Darling prefix on 127.0.0.1.
+#
+# It replaces the module that ran OpenSSH inside the prefix: darling-sshd
+# runs on the host, `darling-sshd init` prepares the prefix through the
+# launcher (never by writing the prefix folder behind a running
+# container), and the builder is registered so that the root Nix daemon
+# connects with no prompt. What it generates comes from ./lib.nix.
+#
+# Usage:
+#   imports = [ darling-sshd.nixosModules.default ];
+#   services.darling-builder = {
+#     enable = true;
+#     darlingPackage = <a Darling package>;  # nixpkgs removed its own in 2025
+#   };
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.darling-builder;
+  dlib = import ./lib.nix;
+  alias = dlib.defaults.alias;
+  stateDir = dlib.defaults.stateDir;
+  # programs.darling installs the launcher as a setuid wrapper.
+  darling = "/run/wrappers/bin/darling";
+in
+{
+  options.services.darling-builder = {
+    enable = lib.mkEnableOption "a Darling-based x86_64-darwin remote Nix builder served by darling-sshd";
+
+    package = lib.mkOption {
+      type = lib.types.package;
+      default = pkgs.callPackage ./package.nix { };
+      defaultText = lib.literalExpression "pkgs.callPackage ./package.nix { }";
+      description = "The darling-sshd package.";
+    };
+
+    darlingPackage = lib.mkOption {
+      type = lib.types.package;
+      description = ''
+        The Darling package providing the `darling` launcher. Required:
+        nixpkgs removed its darling package in 2025.
+      '';
+    };
+
+    prefixStyle = lib.mkOption {
+      type = lib.types.enum [ "flag" "env" ];
+      default = "flag";
+      description = ''
+        How the launcher gets the prefix: `flag` (`darling --prefix P`, as
+        the darling-nix launcher takes it) or `env` (DPREFIX only, for
+        upstream Darling, which has no --prefix).
+      '';
+    };
+
+    port = lib.mkOption {
+      type = lib.types.port;
+      default = dlib.defaults.port;
+      description = "Port darling-sshd listens on, on 127.0.0.1.";
+    };
+
+    maxJobs = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = dlib.defaults.maxJobs;
+      description = "Builds the builder runs at once (nix.buildMachines and the prefix's max-jobs).";
+    };
+
+    speedFactor = lib.mkOption {
+      type = lib.types.ints.positive;
+      default = dlib.defaults.speedFactor;
+      description = "Speed factor relative to other builders.";
+    };
+
+    shareStore = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Link the prefix's /nix to the host's store through
+        /Volumes/SystemRoot/nix. Unsafe for remote builds: the host's Nix
+        daemon and the prefix's Nix lock the same output paths and can
+        deadlock (nix-darwin's linux-builder keeps a separate store for this
+        reason). Off by default.
+      '';
+    };
+
+    sshKeyPath = lib.mkOption {
+      type = lib.types.str;
+      default = dlib.defaults.identity;
+      description = ''
+        The Nix daemon's builder key (ed25519), generated on activation if
+        missing; its .pub is the server's authorized key.
+      '';
+    };
+
+    prefixPath = lib.mkOption {
+      type = lib.types.str;
+      default = dlib.defaults.prefix;
+      description = ''
+        The Darling prefix. Darling creates it (a prefix folder that exists
+        is taken as set up), inside the service's state directory
+        /var/lib/darling-builder; its sibling prefix.workdir must be
+        writable too. At most 83 bytes (Darling's socket path).
+      '';
+    };
+
+    supportedFeatures = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "System features the builder supports.";
+    };
+
+    mandatoryFeatures = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      description = "System features a derivation must require to be built here.";
+    };
+
+    publicHostKey = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      description = ''
+        The server's host key for nix.buildMachines, base64 as
+        `darling-sshd hostkey --format base64` prints it. Optional: the
+        root Nix daemon's ssh already trusts the key through the known hosts
+        file darling-sshd writes.
+      '';
+    };
+
+    installNix = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Install Nix inside the prefix at start if it is missing, with the
+        single-user installer of `nixVersion`. Needs network access at
+        service start.
+      '';
+    };
+
+    nixVersion = lib.mkOption {
+      type = lib.types.str;
+      default = "2.24.12";
+      description = "Nix version to install when `installNix` is set.";
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    programs.darling.enable = true;
+    programs.darling.package = cfg.darlingPackage;
+
+    system.activationScripts.darling-builder-keys = lib.stringAfter [ "users" ] ''
+      if [ ! -f "${cfg.sshKeyPath}" ]; then
+        mkdir -p "$(dirname "${cfg.sshKeyPath}")"
+        ${pkgs.openssh}/bin/ssh-keygen -q -t ed25519 -N "" -f "${cfg.sshKeyPath}" -C "darling-builder@$(hostname)"
+        chmod 600 "${cfg.sshKeyPath}"
+        chmod 644 "${cfg.sshKeyPath}.pub"
+      fi
+    '';
+
+    systemd.services.darling-sshd = {
+      description = "darling-sshd: x86_64-darwin Nix remote builder through Darling";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      path = [ pkgs.coreutils ];
+      environment = {
+        DPREFIX = cfg.prefixPath;
+        HOME = "/root";
+      };
+      serviceConfig = {
+        Type = "notify";
+        ExecStartPre =
+          lib.optional cfg.installNix "${pkgs.writeShellScript "darling-builder-install-nix" ''
+            set -euo pipefail
+            if ${darling} shell test -x /nix/var/nix/profiles/default/bin/nix-store; then exit 0; fi
+            url=https://releases.nixos.org/nix/nix-${cfg.nixVersion}/nix-${cfg.nixVersion}-x86_64-darwin.tar.xz
+            ${darling} shell /bin/sh -c "cd /private/tmp && curl -fsSL $url | tar -xJ && ./nix-${cfg.nixVersion}-x86_64-darwin/install --no-daemon"
+          ''}"
+          ++ [
+            (dlib.initCommand {
+              package = cfg.package;
+              prefix = cfg.prefixPath;
+              inherit darling;
+              inherit (cfg) prefixStyle maxJobs shareStore;
+              systemFeatures = lib.unique (cfg.supportedFeatures ++ cfg.mandatoryFeatures);
+            })
+          ];
+        ExecStart = dlib.execStart {
+          package = cfg.package;
+          prefix = cfg.prefixPath;
+          inherit darling stateDir alias;
+          inherit (cfg) prefixStyle port;
+          authorizedKeys = "${cfg.sshKeyPath}.pub";
+        };
+        ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+        ExecStopPost = "-${darling} shutdown";
+        KillMode = "mixed";
+        # Longer than --shutdown-grace (30s) plus --kill-grace (5s).
+        TimeoutStopSec = "45s";
+        Restart = "on-failure";
+        RestartSec = "5s";
+        StateDirectory = [ "darling-sshd" "darling-builder" ];
+        StateDirectoryMode = "0700";
+        # Darling is a setuid wrapper and makes namespaces and mounts.
+        NoNewPrivileges = false;
+        ProtectSystem = "full";
+        ProtectHome = "read-only";
+        ProtectKernelModules = true;
+        ProtectControlGroups = true;
+        RestrictRealtime = true;
+      };
+    };
+
+    nix.distributedBuilds = true;
+    nix.settings.builders-use-substitutes = true;
+    nix.buildMachines = [
+      ({
+        hostName = alias;
+        protocol = "ssh";
+        systems = [ "x86_64-darwin" ];
+        sshUser = "root";
+        sshKey = cfg.sshKeyPath;
+        inherit (cfg) maxJobs speedFactor supportedFeatures mandatoryFeatures;
+      } // lib.optionalAttrs (cfg.publicHostKey != null) { inherit (cfg) publicHostKey; })
+    ];
+
+    # The port and the host key go through ssh_config: nix.buildMachines has
+    # no port option, and no Nix version needs a port in the URI this way.
+    programs.ssh.extraConfig = dlib.sshConfig {
+      inherit alias;
+      inherit (cfg) port;
+      identity = cfg.sshKeyPath;
+      knownHosts = dlib.knownHostsFile stateDir;
+    };
+  };
+}
