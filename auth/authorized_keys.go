@@ -14,7 +14,7 @@ import (
 type AuthorizedKey struct {
 	Key     gossh.PublicKey
 	Comment string
-	Options []string
+	Options KeyOptions
 	Line    int
 }
 
@@ -29,20 +29,6 @@ type AuthorizedKeys struct {
 	Path     string
 	keys     map[string]*AuthorizedKey
 	Rejected []Rejected
-}
-
-// harmlessOptions are options that forbid what this server never allows
-// anyway (forwarding, X11, agent, user rc, a pty), so honouring them needs
-// nothing. Any other option fails closed: the line is rejected rather than
-// granting more than the file says.
-func harmlessOption(opt string) bool {
-	name, _, _ := strings.Cut(opt, "=")
-	switch strings.ToLower(name) {
-	case "no-port-forwarding", "no-agent-forwarding", "no-x11-forwarding", "no-user-rc",
-		"permitopen", "permitlisten":
-		return true
-	}
-	return false
 }
 
 // LoadAuthorizedKeys reads an authorized_keys file (a single public key
@@ -83,19 +69,12 @@ func ParseAuthorizedKeys(b []byte) *AuthorizedKeys {
 			ak.Rejected = append(ak.Rejected, Rejected{n, "trailing data after the key"})
 			continue
 		}
-		var bad string
-		for _, o := range opts {
-			if !harmlessOption(o) {
-				bad = o
-				break
-			}
-		}
-		if bad != "" {
-			name, _, _ := strings.Cut(bad, "=")
-			ak.Rejected = append(ak.Rejected, Rejected{n, fmt.Sprintf("option %q is not supported", name)})
+		o, err := ParseOptions(opts)
+		if err != nil {
+			ak.Rejected = append(ak.Rejected, Rejected{n, err.Error()})
 			continue
 		}
-		ak.keys[string(pub.Marshal())] = &AuthorizedKey{Key: pub, Comment: comment, Options: opts, Line: n}
+		ak.keys[string(pub.Marshal())] = &AuthorizedKey{Key: pub, Comment: comment, Options: o, Line: n}
 	}
 	if err := sc.Err(); err != nil {
 		ak.Rejected = append(ak.Rejected, Rejected{n + 1, err.Error()})

@@ -38,27 +38,28 @@ func TestParseAuthorizedKeys(t *testing.T) {
 		"   " + line(k5) + "   ",
 	}, "\n")
 	ak := ParseAuthorizedKeys([]byte(text))
-	for _, k := range []gossh.PublicKey{k1, k2, k5} {
+	for _, k := range []gossh.PublicKey{k1, k2, k3, k5} {
 		if ak.Lookup(k) == nil {
 			t.Errorf("key %s not accepted", gossh.FingerprintSHA256(k))
 		}
 	}
-	for _, k := range []gossh.PublicKey{k3, k4} {
-		if ak.Lookup(k) != nil {
-			t.Errorf("key %s with an unenforced option accepted (must fail closed)", gossh.FingerprintSHA256(k))
-		}
+	if ak.Lookup(k4) != nil {
+		t.Errorf("key with an unknown option accepted (must fail closed)")
+	}
+	if e := ak.Lookup(k3); e == nil || e.Options.Command == nil || *e.Options.Command != "rm -rf /" {
+		t.Errorf("command= not parsed: %+v", e)
 	}
 	if e := ak.Lookup(k1); e == nil || e.Comment != "nix builder key" || e.Line != 3 {
 		t.Errorf("entry %+v", e)
 	}
-	if ak.Len() != 3 {
-		t.Errorf("Len %d, want 3", ak.Len())
+	if ak.Len() != 4 {
+		t.Errorf("Len %d, want 4", ak.Len())
 	}
 	lines := map[int]bool{}
 	for _, r := range ak.Rejected {
 		lines[r.Line] = true
 	}
-	for _, n := range []int{5, 6, 7} {
+	for _, n := range []int{6, 7} {
 		if !lines[n] {
 			t.Errorf("line %d not reported as rejected: %+v", n, ak.Rejected)
 		}

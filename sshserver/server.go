@@ -7,6 +7,7 @@ package sshserver
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -192,26 +193,82 @@ func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 			Ciphers:      []string{gossh.CipherAES128GCM, gossh.CipherAES256GCM, gossh.CipherChaCha20Poly1305},
 			MACs:         []string{gossh.HMACSHA256ETM, gossh.HMACSHA512ETM},
 		},
-		MaxAuthTries:    6,
-		AuthLogCallback: s.authLog(pa),
+		// Only keys and signature algorithms without SHA-1.
+		PublicKeyAuthAlgorithms: []string{gossh.KeyAlgoED25519, gossh.KeyAlgoSKED25519, gossh.KeyAlgoECDSA256,
+			gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521, gossh.KeyAlgoSKECDSA256, gossh.KeyAlgoRSASHA256, gossh.KeyAlgoRSASHA512},
+		VerifiedPublicKeyCallback: s.verifiedKey,
+		MaxAuthTries:              6,
+		AuthLogCallback:           s.authLog(pa),
 	}
 }
 
 // publicKey decides public key authentication: the user must be allowed
 // and the key listed in the authorized keys file.
 func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
-	fp := gossh.FingerprintSHA256(key)
-	if !slices.Contains(s.opts.AllowUsers, ctx.User()) {
-		s.log.Info("login refused", "reason", "user not allowed", "user", ctx.User(),
-			"remote", ctx.RemoteAddr().String(), "key", fp)
+	refuse := func(reason string) bool {
+		s.log.Info("login refused", "reason", reason, "user", ctx.User(),
+			"remote", ctx.RemoteAddr().String(), "key", gossh.FingerprintSHA256(key))
 		return false
 	}
-	if s.keys.Load().Lookup(key) == nil {
-		s.log.Info("login refused", "reason", "key not authorized", "user", ctx.User(),
-			"remote", ctx.RemoteAddr().String(), "key", fp)
-		return false
+	if !slices.Contains(s.opts.AllowUsers, ctx.User()) {
+		return refuse("user not allowed")
+	}
+	ak := s.keys.Load().Lookup(key)
+	switch {
+	case ak == nil:
+		return refuse("key not authorized")
+	case ak.Options.Expired(time.Now()):
+		return refuse(fmt.Sprintf("key expired (expiry-time, line %d)", ak.Line))
+	case !ak.Options.FromAllows(ctx.RemoteAddr()):
+		return refuse(fmt.Sprintf("address not allowed by from= (line %d)", ak.Line))
+	}
+	// x/crypto checks a security key's touch against the Permissions this
+	// callback returns, and gliderlabs returns one object per connection:
+	// it is set for the key of this call, which x/crypto (one-entry
+	// cache) calls last for the key it then verifies.
+	perms := ctx.Permissions()
+	if perms.Extensions == nil {
+		perms.Extensions = map[string]string{}
+	}
+	if ak.Options.NoTouchRequired {
+		perms.Extensions[noTouchRequired] = ""
+	} else {
+		delete(perms.Extensions, noTouchRequired)
 	}
 	return true
+}
+
+// noTouchRequired is the Permissions extension x/crypto reads.
+const noTouchRequired = "no-touch-required"
+
+// keyOptionsExt carries the authenticated key's options to the sessions.
+const keyOptionsExt = "darling-sshd-key-options"
+
+// verifiedKey runs once the client proved it holds key: the connection's
+// Permissions become a fresh object with that key's options, so nothing
+// of another key offered on the same connection can leak into them.
+func (s *Server) verifiedKey(conn gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+	ak := s.keys.Load().Lookup(key)
+	if ak == nil {
+		return nil, errors.New("key no longer authorized")
+	}
+	b, err := json.Marshal(ak.Options)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("login", "user", conn.User(), "remote", conn.RemoteAddr().String(),
+		"key", gossh.FingerprintSHA256(key), "line", ak.Line)
+	return &gossh.Permissions{Extensions: map[string]string{keyOptionsExt: string(b)}}, nil
+}
+
+// keyOptions returns the options of the key a connection logged in with.
+func keyOptions(conn *gossh.ServerConn) (auth.KeyOptions, error) {
+	var o auth.KeyOptions
+	if conn.Permissions == nil {
+		return o, errors.New("no key options")
+	}
+	err := json.Unmarshal([]byte(conn.Permissions.Extensions[keyOptionsExt]), &o)
+	return o, err
 }
 
 // Warm starts the prefix's container before any session can be handed a

@@ -8,12 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/darling-sshd/darling-sshd/auth"
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
 
@@ -29,8 +31,9 @@ type session struct {
 	envBytes int      // their size, bounded by maxEnvBytes
 
 	started bool
-	pty     *ptyRequest   // from pty-req, before the command starts
-	gone    chan struct{} // closed when the peer closed the channel or the connection died
+	opts    auth.KeyOptions // of the key the connection logged in with
+	pty     *ptyRequest     // from pty-req, before the command starts
+	gone    chan struct{}   // closed when the peer closed the channel or the connection died
 
 	// mu guards proc and size: window-change comes on serve's goroutine,
 	// the process on run's.
@@ -57,6 +60,11 @@ func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc g
 		gone: make(chan struct{}),
 	}
 	defer se.recoverPanic()
+	if se.opts, err = keyOptions(conn); err != nil {
+		se.log.Error("session refused: the key's options are lost", "err", err)
+		ch.Close()
+		return
+	}
 	se.serve(reqs)
 }
 
@@ -85,6 +93,12 @@ func (se *session) serve(reqs <-chan *gossh.Request) {
 			var sub struct{ Name string }
 			if err := gossh.Unmarshal(req.Payload, &sub); err != nil || se.started {
 				break
+			}
+			if se.opts.Command != nil {
+				// A forced command runs for subsystems too.
+				ok = true
+				se.start(req, darlingexec.Request{Command: sub.Name})
+				continue
 			}
 			if sub.Name != "sftp" {
 				se.log.Info("subsystem refused", "name", truncate(sub.Name, 64))
@@ -118,6 +132,18 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 	}
 	r.User = se.conn.User()
 	r.Env = append(se.connEnv(), se.env...)
+	for _, kv := range se.opts.Environment {
+		// environment= of the key line, except what the server sets.
+		if name, _, _ := strings.Cut(kv, "="); !matchAny(deniedEnv(), name) {
+			r.Env = append(r.Env, kv)
+		}
+	}
+	if forced := se.opts.Command; forced != nil {
+		if !r.Shell || r.Command != "" {
+			r.Env = append(r.Env, "SSH_ORIGINAL_COMMAND="+r.Command)
+		}
+		r = darlingexec.Request{Command: *forced, User: r.User, Env: r.Env}
+	}
 	if se.pty != nil {
 		r.PTY = se.pty.pty()
 	}
@@ -139,6 +165,10 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 
 // setPty handles "pty-req": the command will run on a terminal.
 func (se *session) setPty(payload []byte) bool {
+	if se.opts.NoPty {
+		se.log.Info("pty request refused", "reason", "no-pty or restrict on the key's line")
+		return false
+	}
 	if se.started || se.pty != nil {
 		return false
 	}
