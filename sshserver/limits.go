@@ -1,7 +1,9 @@
 package sshserver
 
 import (
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 // that ends a failed login, and the login grace timer.
 type preauth struct {
 	authed  atomic.Bool
+	left    sync.Once // counted out of the unauthenticated connections
 	timer   *time.Timer
 	mu      sync.Mutex
 	user    string
@@ -29,9 +32,15 @@ type preauthKey struct{}
 // timer, not a deadline: gliderlabs resets the conn's deadlines on every
 // read and write.
 func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
+	remote := conn.RemoteAddr().String()
+	if n := s.unauthed.Add(1); s.opts.MaxStartups.drop(int(n)-1, s.rand) {
+		s.unauthed.Add(-1)
+		s.log.Info("connection dropped", "reason", "too many unauthenticated connections (max-startups)",
+			"remote", remote, "unauthenticated", n-1)
+		return nil
+	}
 	pa := &preauth{}
 	ctx.SetValue(preauthKey{}, pa)
-	remote := conn.RemoteAddr().String()
 	s.preauth.Store(remote, pa)
 	pa.timer = time.AfterFunc(s.opts.LoginGraceTime, func() {
 		if !pa.authed.Load() {
@@ -53,6 +62,7 @@ func (s *Server) authLog(pa *preauth) func(gossh.ConnMetadata, string, error) {
 			pa.authed.Store(true)
 			pa.timer.Stop()
 			s.preauth.Delete(conn.RemoteAddr().String())
+			s.leavePreauth(pa)
 			return
 		}
 		pa.mu.Lock()
@@ -76,6 +86,7 @@ func (s *Server) connectionFailed(c net.Conn, err error) {
 	}
 	pa := v.(*preauth)
 	pa.timer.Stop()
+	s.leavePreauth(pa)
 	pa.mu.Lock()
 	defer pa.mu.Unlock()
 	if pa.user == "" {
@@ -84,4 +95,112 @@ func (s *Server) connectionFailed(c net.Conn, err error) {
 	}
 	s.log.Info("login refused", "reason", "no accepted authentication", "user", pa.user, "remote", remote,
 		"methods_tried", strings.Join(pa.methods, ","), "err", err)
+}
+
+// leavePreauth counts a connection out of the unauthenticated ones, once.
+func (s *Server) leavePreauth(pa *preauth) {
+	pa.left.Do(func() { s.unauthed.Add(-1) })
+}
+
+// MaxStartups is sshd's MaxStartups start:rate:full: past start
+// unauthenticated connections, a new one is dropped with probability
+// rate%, rising linearly to 100% at full.
+type MaxStartups struct{ Start, Rate, Full int }
+
+// ParseMaxStartups reads start:rate:full, or a single number (full).
+func ParseMaxStartups(v string) (MaxStartups, error) {
+	parts := strings.Split(v, ":")
+	var n []int
+	for _, p := range parts {
+		i, err := strconv.Atoi(p)
+		if err != nil || i < 0 {
+			return MaxStartups{}, fmt.Errorf("%q: want start:rate:full", v)
+		}
+		n = append(n, i)
+	}
+	switch {
+	case len(n) == 1 && n[0] > 0:
+		return MaxStartups{n[0], 100, n[0]}, nil
+	case len(n) == 3 && n[0] > 0 && n[0] <= n[2] && n[1] <= 100:
+		return MaxStartups{n[0], n[1], n[2]}, nil
+	}
+	return MaxStartups{}, fmt.Errorf("%q: want start:rate:full with 0 < start <= full and rate <= 100", v)
+}
+
+// drop decides for a new connection while n others are unauthenticated.
+func (m MaxStartups) drop(n int, r func(int) int) bool {
+	switch {
+	case m.Full == 0 || n < m.Start:
+		return false
+	case n >= m.Full:
+		return true
+	}
+	p := m.Rate
+	if m.Full > m.Start {
+		p += (100 - m.Rate) * (n - m.Start) / (m.Full - m.Start)
+	}
+	return r(100) < p
+}
+
+// connState is what the server keeps per logged-in connection.
+type connState struct {
+	sessions atomic.Int32
+}
+
+// connStateFor returns conn's state, creating it (and starting the
+// connection's keepalives) with its first session.
+func (s *Server) connStateFor(conn *gossh.ServerConn) *connState {
+	v, loaded := s.perConn.LoadOrStore(conn, &connState{})
+	if !loaded {
+		go s.keepalive(conn)
+	}
+	return v.(*connState)
+}
+
+// keepalive sends keepalive@openssh.com every KeepaliveInterval and closes
+// a connection that leaves KeepaliveCountMax of them unanswered: a client
+// that vanished never holds a build for ever. A silent but answering
+// client is never cut off.
+func (s *Server) keepalive(conn *gossh.ServerConn) {
+	defer s.perConn.Delete(conn)
+	done := make(chan struct{})
+	go func() {
+		conn.Wait()
+		close(done)
+	}()
+	if s.opts.KeepaliveInterval <= 0 {
+		<-done
+		return
+	}
+	tick := time.NewTicker(s.opts.KeepaliveInterval)
+	defer tick.Stop()
+	replies := make(chan struct{}, 1)
+	pending, missed := false, 0
+	for {
+		select {
+		case <-done:
+			return
+		case <-replies:
+			pending, missed = false, 0
+		case <-tick.C:
+			if pending {
+				missed++
+				if missed >= s.opts.KeepaliveCountMax {
+					s.log.Info("closing connection", "reason", "no answer to keepalives",
+						"remote", conn.RemoteAddr().String(), "missed", missed)
+					conn.Close()
+					<-done
+					return
+				}
+				continue
+			}
+			pending = true
+			go func() {
+				// Any answer, success or failure, shows the client is there.
+				if _, _, err := conn.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+					replies <- struct{}{}
+				}
+			}()
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -42,6 +43,12 @@ type Options struct {
 	WarmTimeout        time.Duration
 	LoginGraceTime     time.Duration // a connection not logged in by then is closed
 	ShutdownGrace      time.Duration // how long running sessions may finish after SIGTERM
+	MaxStartups        MaxStartups   // limit on unauthenticated connections
+	MaxAuthTries       int           // authentication attempts per connection
+	MaxSessions        int           // session channels open at once per connection
+	MaxExec            int           // exec sessions running at once; 0: no limit
+	KeepaliveInterval  time.Duration // 0: no keepalives
+	KeepaliveCountMax  int           // unanswered keepalives before the connection is closed
 	// Ready, if set, is called once the server accepts sessions (after
 	// the warm-up): systemd's READY=1.
 	Ready func()
@@ -68,6 +75,13 @@ type Server struct {
 	preauth sync.Map
 	// home is where SFTP starts: the server user's home in the prefix.
 	home string
+	// unauthed counts connections that have not logged in.
+	unauthed atomic.Int64
+	rand     func(int) int
+	// perConn holds each connection's state once it has a session.
+	perConn sync.Map // *gossh.ServerConn -> *connState
+	// execSlots bounds running exec sessions (--max-exec); nil: no bound.
+	execSlots chan struct{}
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -88,6 +102,12 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.LoginGraceTime <= 0 {
 		opts.LoginGraceTime = 30 * time.Second
+	}
+	if opts.MaxAuthTries <= 0 {
+		opts.MaxAuthTries = 6
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = 10
 	}
 	hostKey, err := auth.LoadOrGenerateHostKey(opts.HostKeyPath)
 	if err != nil {
@@ -110,10 +130,14 @@ func New(opts Options) (*Server, error) {
 		launcher:  launcher,
 		acceptEnv: append(DefaultAcceptEnv(), opts.AcceptEnv...),
 		home:      homeDir(),
+		rand:      rand.IntN,
 		ctx:       ctx,
 		cancel:    cancel,
 	}
 	s.keys.Store(keys)
+	if opts.MaxExec > 0 {
+		s.execSlots = make(chan struct{}, opts.MaxExec)
+	}
 	s.ssh = &gliderssh.Server{
 		HostSigners:              []gliderssh.Signer{hostKey},
 		Version:                  "darling-sshd",
@@ -197,7 +221,7 @@ func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		PublicKeyAuthAlgorithms: []string{gossh.KeyAlgoED25519, gossh.KeyAlgoSKED25519, gossh.KeyAlgoECDSA256,
 			gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521, gossh.KeyAlgoSKECDSA256, gossh.KeyAlgoRSASHA256, gossh.KeyAlgoRSASHA512},
 		VerifiedPublicKeyCallback: s.verifiedKey,
-		MaxAuthTries:              6,
+		MaxAuthTries:              s.opts.MaxAuthTries,
 		AuthLogCallback:           s.authLog(pa),
 	}
 }

@@ -47,6 +47,15 @@ type session struct {
 // handler, which sends exit-status without EOF, rewrites output once a pty
 // was requested and can deadlock on early window-change requests.
 func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ gliderssh.Context) {
+	cs := s.connStateFor(conn)
+	if n := cs.sessions.Add(1); int(n) > s.opts.MaxSessions {
+		cs.sessions.Add(-1)
+		s.log.Info("session refused", "reason", "too many sessions on this connection (max-sessions)",
+			"remote", conn.RemoteAddr().String(), "max", s.opts.MaxSessions)
+		_ = nc.Reject(gossh.ResourceShortage, "too many sessions on this connection")
+		return
+	}
+	defer cs.sessions.Add(-1)
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		s.log.Info("accept session channel", "remote", conn.RemoteAddr().String(), "err", err)
@@ -212,6 +221,22 @@ func (se *session) connEnv() []string {
 // all data, exit-status (or exit-signal), EOF, close.
 func (se *session) run(r darlingexec.Request) {
 	log := se.log
+	if slots := se.s.execSlots; slots != nil && !r.Shell {
+		select {
+		case slots <- struct{}{}:
+		default:
+			log.Info("exec session queued", "max_exec", cap(slots))
+			select {
+			case slots <- struct{}{}:
+			case <-se.gone:
+				return
+			case <-se.s.ctx.Done():
+				se.finishWithError("server is shutting down")
+				return
+			}
+		}
+		defer func() { <-slots }()
+	}
 	p, err := se.s.launcher.Start(se.s.ctx, r)
 	if err != nil {
 		log.Error("session not started", "err", err)

@@ -130,6 +130,12 @@ func serve(args []string, stderr io.Writer) int {
 	killGrace := fs.Duration("kill-grace", 5*time.Second, "time between SIGHUP and SIGKILL when a session's processes are ended")
 	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
 	loginGrace := fs.Duration("login-grace-time", 30*time.Second, "a connection that has not logged in by then is closed")
+	maxStartups := fs.String("max-startups", "64:30:256", "unauthenticated connections: start:rate:full, as sshd's MaxStartups")
+	maxAuthTries := fs.Int("max-auth-tries", 6, "authentication attempts per connection")
+	maxSessions := fs.Int("max-sessions", 10, "sessions open at once per connection")
+	maxExec := fs.Int("max-exec", 0, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
+	keepaliveInterval := fs.Duration("keepalive-interval", 15*time.Second, "how often to check that a client is still there (0: never)")
+	keepaliveCountMax := fs.Int("keepalive-count-max", 3, "unanswered keepalives before a connection is closed")
 	shutdownGrace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long running sessions may finish before they are ended")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	if code, ok := parse(fs, args, stderr); !ok {
@@ -148,6 +154,22 @@ func serve(args []string, stderr io.Writer) int {
 	}
 	if *warmTimeout <= 0 {
 		return usageError(stderr, "serve", "warm-timeout", errors.New("must be positive"))
+	}
+	ms, err := sshserver.ParseMaxStartups(*maxStartups)
+	if err != nil {
+		return usageError(stderr, "serve", "max-startups", err)
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+		min  int
+	}{{"max-auth-tries", *maxAuthTries, 1}, {"max-sessions", *maxSessions, 1}, {"max-exec", *maxExec, 0}, {"keepalive-count-max", *keepaliveCountMax, 1}} {
+		if f.v < f.min {
+			return usageError(stderr, "serve", f.name, fmt.Errorf("must be at least %d", f.min))
+		}
+	}
+	if *keepaliveInterval < 0 {
+		return usageError(stderr, "serve", "keepalive-interval", errors.New("must not be negative"))
 	}
 	if *shutdownGrace < 0 {
 		return usageError(stderr, "serve", "shutdown-grace", errors.New("must not be negative"))
@@ -186,6 +208,12 @@ func serve(args []string, stderr io.Writer) int {
 		WarmTimeout:        *warmTimeout,
 		LoginGraceTime:     *loginGrace,
 		ShutdownGrace:      *shutdownGrace,
+		MaxStartups:        ms,
+		MaxAuthTries:       *maxAuthTries,
+		MaxSessions:        *maxSessions,
+		MaxExec:            *maxExec,
+		KeepaliveInterval:  *keepaliveInterval,
+		KeepaliveCountMax:  *keepaliveCountMax,
 		Reload:             reload,
 		Ready:              func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 		KnownHostsOut:      *knownHosts,
