@@ -170,3 +170,6 @@ func (l *Launcher) PrefixRoot(ctx context.Context) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), l.Prefix), nil
 }
+
+// ContainerRunning reports whether the prefix's container is running.
+func (l *Launcher) ContainerRunning() bool { return l.containerPid() != 0 }

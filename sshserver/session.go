@@ -338,6 +338,9 @@ func (se *session) run(r darlingexec.Request) {
 		se.closeChannel()
 	default:
 		log.Info("session ended", "status", st.Code)
+		if st.Code != 0 && !se.s.launcher.ContainerRunning() {
+			log.Warn("the prefix's container is gone; the next session warms it again", "prefix", se.s.opts.Prefix)
+		}
 		se.sendExitStatus(uint32(st.Code))
 		se.closeChannel()
 	}
