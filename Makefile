@@ -9,7 +9,7 @@ PORT     ?= 2222
 DEB_PKGS := openssh-client openssh-server nix-bin tmux ssh-audit rsync gcc
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test deps vet lint clean
+.PHONY: build run test deps vet lint clean soak fuzz
 
 build:
 	$(GO) build -o $(BIN)/darling-sshd ./cmd/darling-sshd
@@ -63,6 +63,21 @@ vet:
 
 test: deps vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# soak: 10,000 sequential connections and 200 concurrent sessions against
+# one server; its files, goroutines and memory must return to where they
+# started. Not part of `make test`.
+soak: deps
+	$(GO) test -tags soak -count=1 -timeout 60m -run TestSoak -v ./integration
+
+# fuzz: each fuzz target for FUZZTIME (their seed corpora run in make test).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseAuthorizedKeys -fuzztime $(FUZZTIME) ./auth
+	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime $(FUZZTIME) ./auth
+	$(GO) test -run '^$$' -fuzz FuzzAcceptEnv -fuzztime $(FUZZTIME) ./sshserver
+	$(GO) test -run '^$$' -fuzz FuzzPtyRequest -fuzztime $(FUZZTIME) ./sshserver
+	$(GO) test -run '^$$' -fuzz FuzzScript -fuzztime $(FUZZTIME) ./darlingexec
 
 lint: vet
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }

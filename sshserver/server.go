@@ -49,6 +49,7 @@ type Options struct {
 	MaxExec            int           // exec sessions running at once; 0: no limit
 	KeepaliveInterval  time.Duration // 0: no keepalives
 	KeepaliveCountMax  int           // unanswered keepalives before the connection is closed
+	PprofAddr          string        // if set, serve Go's profiles there
 	// Ready, if set, is called once the server accepts sessions (after
 	// the warm-up): systemd's READY=1.
 	Ready func()
@@ -328,6 +329,13 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
 	}
 	defer l.Close()
+	if opts.PprofAddr != "" {
+		pl, err := s.servePprof(opts.PprofAddr)
+		if err != nil {
+			return err
+		}
+		defer pl.Close()
+	}
 	if err := s.Warm(ctx); err != nil {
 		return err
 	}

@@ -138,6 +138,7 @@ func serve(args []string, stderr io.Writer) int {
 	keepaliveCountMax := fs.Int("keepalive-count-max", 3, "unanswered keepalives before a connection is closed")
 	shutdownGrace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long running sessions may finish before they are ended")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiles on this address, e.g. 127.0.0.1:6060 (off when empty)")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
@@ -214,6 +215,7 @@ func serve(args []string, stderr io.Writer) int {
 		MaxExec:            *maxExec,
 		KeepaliveInterval:  *keepaliveInterval,
 		KeepaliveCountMax:  *keepaliveCountMax,
+		PprofAddr:          *pprofAddr,
 		Reload:             reload,
 		Ready:              func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
 		KnownHostsOut:      *knownHosts,

@@ -1,0 +1,112 @@
+//go:build soak
+
+package integration
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Run with `make soak` (not in CI): 10,000 sequential connections and 200
+// concurrent sessions; the server's open files, goroutines and memory must
+// return to their starting level.
+func TestSoak(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pprofAddr := l.Addr().String()
+	l.Close()
+	s := startServer(t, serverOpt{args: []string{"--pprof", pprofAddr, "--log-level", "warn"}})
+	pid := strconv.Itoa(s.cmd.Process.Pid)
+	fds := func() int {
+		ents, _ := os.ReadDir("/proc/" + pid + "/fd")
+		return len(ents)
+	}
+	goroutines := func() int {
+		resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		first, _, _ := strings.Cut(string(b), "\n")
+		n, _ := strconv.Atoi(strings.TrimPrefix(first, "goroutine profile: total "))
+		return n
+	}
+	rssKiB := func() int {
+		b, _ := os.ReadFile("/proc/" + pid + "/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				n, _ := strconv.Atoi(strings.Fields(v)[0])
+				return n
+			}
+		}
+		return 0
+	}
+	// Warm up the allocator and caches with a few rounds first.
+	c := s.dialGo(t)
+	for range 20 {
+		sess, _ := c.NewSession()
+		sess.Run("true")
+	}
+	c.Close()
+	time.Sleep(time.Second)
+	fd0, g0, m0 := fds(), goroutines(), rssKiB()
+	t.Logf("start: %d fds, %d goroutines, %d KiB", fd0, g0, m0)
+
+	start := time.Now()
+	for i := range 10000 {
+		c := s.dialGo(t)
+		sess, err := c.NewSession()
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if err := sess.Run("true"); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Close()
+	}
+	t.Logf("10,000 sequential connections in %s", time.Since(start).Round(time.Second))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 200)
+	for range 20 {
+		c := s.dialGo(t)
+		for range 10 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sess, err := c.NewSession()
+				if err != nil {
+					errs <- err
+					return
+				}
+				if out, err := sess.Output("head -c 1000000 /dev/zero | wc -c"); err != nil || strings.TrimSpace(string(out)) != "1000000" {
+					errs <- err
+				}
+			}()
+		}
+		defer c.Close()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent session: %v", err)
+	}
+	// Connections closed: give the server a moment to notice.
+	if !waitFor(time.Minute, func() bool { return fds() <= fd0+5 && goroutines() <= g0+10 }) {
+		t.Errorf("after the soak: %d fds (start %d), %d goroutines (start %d)", fds(), fd0, goroutines(), g0)
+	}
+	if m := rssKiB(); m > m0+64*1024 {
+		t.Errorf("memory grew from %d KiB to %d KiB", m0, m)
+	}
+	t.Logf("end: %d fds, %d goroutines, %d KiB", fds(), goroutines(), rssKiB())
+}
