@@ -98,3 +98,39 @@ func TestFaults(t *testing.T) {
 		t.Error("the hung launcher survived its client")
 	}
 }
+
+// TestFullDisk: with the prefix on a full filesystem, a command's writes
+// fail with its own status, an SFTP upload fails with a logged reason, and
+// the server keeps serving.
+func TestFullDisk(t *testing.T) {
+	dir, err := os.MkdirTemp("", "dfull")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	defer exec.Command("umount", "-l", dir).Run()
+	prefix := filepath.Join(dir, "p")
+	s := startServer(t, serverOpt{args: []string{"--prefix", prefix}})
+	defer exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
+	r := s.exec("head -c 50000000 /dev/zero > ~/fill", "")
+	if r.code == 0 || !strings.Contains(r.stderr, "No space left") {
+		t.Errorf("writing past a full disk: %+v", r)
+	}
+	big := filepath.Join(s.dir, "big")
+	if err := os.WriteFile(big, make([]byte, 8<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := s.sftpBatch(t, "put "+big+" big\n"); err == nil {
+		t.Errorf("sftp put on a full disk succeeded: %s", out)
+	}
+	if !s.logged("sftp write failed") || !s.logged("no space left on device") {
+		t.Error("the full disk was not logged")
+	}
+	s.exec("rm -f ~/fill ~/big", "")
+	if r := s.exec("echo still serving", ""); r.stdout != "still serving\n" {
+		t.Errorf("after the disk filled: %+v", r)
+	}
+}

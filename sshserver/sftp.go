@@ -54,7 +54,7 @@ func (se *session) startSFTP(req *gossh.Request) {
 		defer se.recoverPanic()
 		defer root.Close()
 		se.log.Info("sftp started")
-		fsys := &rootFS{root: root}
+		fsys := &rootFS{root: root, log: se.log}
 		rs := sftp.NewRequestServer(channelOnly{se.ch},
 			sftp.Handlers{FileGet: fsys, FilePut: fsys, FileCmd: fsys, FileList: fsys},
 			sftp.WithStartDirectory(se.s.home))

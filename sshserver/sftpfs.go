@@ -3,9 +3,11 @@ package sshserver
 import (
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -20,6 +22,7 @@ import (
 // inside, so it is not enough.)
 type rootFS struct {
 	root *os.File // O_PATH directory
+	log  *slog.Logger
 }
 
 const resolve = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
@@ -43,7 +46,7 @@ func (r *rootFS) open(p string, flags int, mode uint32) (*os.File, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: p, Err: err}
 	}
-	return os.NewFile(uintptr(fd), path.Base(path.Clean("/"+p))), nil
+	return os.NewFile(uintptr(fd), path.Clean("/"+p)), nil
 }
 
 // parent opens the folder holding p and returns it with p's last element.
@@ -104,7 +107,27 @@ func (r *rootFS) OpenFile(req *sftp.Request) (sftp.WriterAtReaderAt, error) {
 	if req.AttrFlags().Permissions {
 		mode = req.Attributes().Mode & 0o7777
 	}
-	return r.open(req.Filepath, flags, mode)
+	f, err := r.open(req.Filepath, flags, mode)
+	if err != nil {
+		return nil, err
+	}
+	return &loggedFile{File: f, log: r.log}, nil
+}
+
+// loggedFile logs the first failed write of a file (a full disk, say):
+// the client sees the error, the log says which file and why.
+type loggedFile struct {
+	*os.File
+	log    *slog.Logger
+	logged atomic.Bool
+}
+
+func (f *loggedFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := f.File.WriteAt(p, off)
+	if err != nil && f.logged.CompareAndSwap(false, true) {
+		f.log.Warn("sftp write failed", "file", f.Name(), "err", err)
+	}
+	return n, err
 }
 
 // Filecmd runs setstat, rename, remove, mkdir, rmdir, link and symlink.
