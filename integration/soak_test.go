@@ -24,7 +24,7 @@ func TestSoak(t *testing.T) {
 	}
 	pprofAddr := l.Addr().String()
 	l.Close()
-	s := startServer(t, serverOpt{args: []string{"--pprof", pprofAddr, "--log-level", "warn"}})
+	s := startServer(t, serverOpt{args: []string{"--pprof", pprofAddr, "--log-level", "info"}})
 	pid := strconv.Itoa(s.cmd.Process.Pid)
 	fds := func() int {
 		ents, _ := os.ReadDir("/proc/" + pid + "/fd")
