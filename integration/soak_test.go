@@ -75,11 +75,24 @@ func TestSoak(t *testing.T) {
 		c.Close()
 	}
 	t.Logf("10,000 sequential connections in %s", time.Since(start).Round(time.Second))
+	settled := func(stage string) {
+		// Closed connections take a moment to be noticed.
+		if !waitFor(time.Minute, func() bool { return fds() <= fd0+5 && goroutines() <= g0+10 }) {
+			t.Errorf("after %s: %d fds (start %d), %d goroutines (start %d)", stage, fds(), fd0, goroutines(), g0)
+		}
+		if m := rssKiB(); m > m0+64*1024 {
+			t.Errorf("after %s: memory grew from %d KiB to %d KiB", stage, m0, m)
+		}
+		t.Logf("after %s: %d fds, %d goroutines, %d KiB", stage, fds(), goroutines(), rssKiB())
+	}
+	settled("the sequential connections")
 
 	var wg sync.WaitGroup
 	errs := make(chan error, 200)
+	var conns []io.Closer
 	for range 20 {
 		c := s.dialGo(t)
+		conns = append(conns, c)
 		for range 10 {
 			wg.Add(1)
 			go func() {
@@ -94,19 +107,14 @@ func TestSoak(t *testing.T) {
 				}
 			}()
 		}
-		defer c.Close()
 	}
 	wg.Wait()
 	close(errs)
 	for err := range errs {
 		t.Errorf("concurrent session: %v", err)
 	}
-	// Connections closed: give the server a moment to notice.
-	if !waitFor(time.Minute, func() bool { return fds() <= fd0+5 && goroutines() <= g0+10 }) {
-		t.Errorf("after the soak: %d fds (start %d), %d goroutines (start %d)", fds(), fd0, goroutines(), g0)
+	for _, c := range conns {
+		c.Close()
 	}
-	if m := rssKiB(); m > m0+64*1024 {
-		t.Errorf("memory grew from %d KiB to %d KiB", m0, m)
-	}
-	t.Logf("end: %d fds, %d goroutines, %d KiB", fds(), goroutines(), rssKiB())
+	settled("200 concurrent sessions")
 }
