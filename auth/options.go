@@ -90,7 +90,7 @@ func ParseOptions(opts []string) (KeyOptions, error) {
 				return o, err
 			}
 			n, _, ok := strings.Cut(value, "=")
-			if !ok || !validName(n) {
+			if !ok || !ValidEnvName(n) {
 				return o, fmt.Errorf("option environment: %q is not NAME=value", value)
 			}
 			o.Environment = append(o.Environment, value)
@@ -126,7 +126,9 @@ func unquoteOption(v string) (string, error) {
 	return strings.ReplaceAll(v[1:len(v)-1], `\"`, `"`), nil
 }
 
-func validName(name string) bool {
+// ValidEnvName reports whether name is an environment variable name this
+// project accepts: [A-Za-z0-9_] only.
+func ValidEnvName(name string) bool {
 	if name == "" {
 		return false
 	}

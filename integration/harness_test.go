@@ -292,31 +292,11 @@ const noRaceExitSleep = "GORACE=atexit_sleep_ms=0"
 // killGrace is the servers' --kill-grace in these tests.
 const killGrace = 2 * time.Second
 
-// procsWithArgs returns the live (not zombie) processes whose command line
-// is exactly argv.
+// procsWithArgs returns the live (not zombie) processes whose command
+// line is exactly argv.
 func procsWithArgs(argv ...string) []int {
 	want := strings.Join(argv, "\x00") + "\x00"
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || string(cl) != want {
-			continue
-		}
-		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			continue
-		}
-		pids = append(pids, pid)
-	}
-	return pids
+	return procsMatching(func(cl string) bool { return cl == want })
 }
 
 // waitFor polls cond until it holds or the timeout passes; it reports
@@ -335,8 +315,8 @@ func waitFor(timeout time.Duration, cond func() bool) bool {
 	}
 }
 
-// procsMatching returns the live processes whose NUL-separated command
-// line satisfies match.
+// procsMatching returns the live (not zombie) processes whose
+// NUL-separated command line satisfies match.
 func procsMatching(match func(cmdline string) bool) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int
@@ -346,9 +326,17 @@ func procsMatching(match func(cmdline string) bool) []int {
 			continue
 		}
 		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && match(string(cl)) {
-			pids = append(pids, pid)
+		if err != nil || !match(string(cl)) {
+			continue
 		}
+		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+			continue
+		}
+		pids = append(pids, pid)
 	}
 	return pids
 }

@@ -7,6 +7,7 @@ import (
 
 	gossh "golang.org/x/crypto/ssh"
 
+	"github.com/darling-sshd/darling-sshd/auth"
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
 
@@ -35,20 +36,6 @@ func CheckEnvPattern(p string) error {
 	return nil
 }
 
-// validEnvName reports whether name is made of [A-Za-z0-9_] only.
-func validEnvName(name string) bool {
-	if name == "" {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
 func matchAny(patterns []string, name string) bool {
 	for _, p := range patterns {
 		if ok, _ := path.Match(p, name); ok {
@@ -61,7 +48,7 @@ func matchAny(patterns []string, name string) bool {
 // acceptEnv says whether a client may set name, and if not, why.
 func acceptEnv(accept []string, name string) (bool, string) {
 	switch {
-	case !validEnvName(name):
+	case !auth.ValidEnvName(name):
 		return false, "name outside [A-Za-z0-9_]"
 	case matchAny(deniedEnv(), name):
 		return false, "never accepted"

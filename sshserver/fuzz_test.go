@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/darling-sshd/darling-sshd/auth"
 )
 
 // FuzzAcceptEnv: the filter never accepts a denied or malformed name,
@@ -14,7 +16,7 @@ func FuzzAcceptEnv(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, name, pattern string) {
 		ok, _ := acceptEnv(append(DefaultAcceptEnv(), pattern), name)
-		if ok && (!validEnvName(name) || matchAny(deniedEnv(), name)) {
+		if ok && (!auth.ValidEnvName(name) || matchAny(deniedEnv(), name)) {
 			t.Errorf("accepted %q with --accept-env %q", name, pattern)
 		}
 	})

@@ -156,8 +156,18 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 	if se.pty != nil {
 		r.PTY = se.pty.pty()
 	}
+	se.launch(func() { se.run(r) }, nil)
+}
+
+// launch runs work in its own goroutine, counted among the server's
+// running sessions; once the server is closing, the session is refused
+// with exit status 255 instead and cleanup runs.
+func (se *session) launch(work, cleanup func()) {
 	se.runDone = make(chan struct{})
 	if !se.s.startRun() {
+		if cleanup != nil {
+			cleanup()
+		}
 		go func() {
 			defer close(se.runDone)
 			se.finishWithError("server is shutting down")
@@ -168,7 +178,10 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 		defer se.s.runs.Done()
 		defer close(se.runDone)
 		defer se.recoverPanic()
-		se.run(r)
+		if cleanup != nil {
+			defer cleanup()
+		}
+		work()
 	}()
 }
 

@@ -39,57 +39,47 @@ func (se *session) startSFTP(req *gossh.Request) {
 	if req.WantReply {
 		_ = req.Reply(true, nil)
 	}
-	se.runDone = make(chan struct{})
-	if !se.s.startRun() {
-		root.Close()
-		go func() {
-			defer close(se.runDone)
+	se.launch(func() { se.serveSFTP(root) }, func() { root.Close() })
+}
+
+// serveSFTP serves SFTP on the channel until the client ends it.
+func (se *session) serveSFTP(root *os.File) {
+	se.log.Info("sftp started")
+	fsys := &rootFS{root: root, log: se.log}
+	rs := sftp.NewRequestServer(channelOnly{se.ch},
+		sftp.Handlers{FileGet: fsys, FilePut: fsys, FileCmd: fsys, FileList: fsys},
+		sftp.WithStartDirectory(se.s.home))
+	var ended atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-se.s.ctx.Done():
+			// The server ends the session: status 255, then the
+			// channel's close ends Serve.
+			ended.Store(true)
 			se.finishWithError("server is shutting down")
-		}()
+		case <-done:
+		}
+	}()
+	err := rs.Serve()
+	close(done)
+	if ended.Load() {
 		return
 	}
-	go func() {
-		defer se.s.runs.Done()
-		defer close(se.runDone)
-		defer se.recoverPanic()
-		defer root.Close()
-		se.log.Info("sftp started")
-		fsys := &rootFS{root: root, log: se.log}
-		rs := sftp.NewRequestServer(channelOnly{se.ch},
-			sftp.Handlers{FileGet: fsys, FilePut: fsys, FileCmd: fsys, FileList: fsys},
-			sftp.WithStartDirectory(se.s.home))
-		var ended atomic.Bool
-		done := make(chan struct{})
-		go func() {
-			select {
-			case <-se.s.ctx.Done():
-				// The server ends the session: status 255, then the
-				// channel's close ends Serve.
-				ended.Store(true)
-				se.finishWithError("server is shutting down")
-			case <-done:
-			}
-		}()
-		err := rs.Serve()
-		close(done)
-		if ended.Load() {
-			return
-		}
-		select {
-		case <-se.gone:
-			se.log.Info("sftp ended: client went away")
-			return
-		default:
-		}
-		if err != nil && !errors.Is(err, io.EOF) {
-			se.log.Info("sftp ended", "err", err)
-			se.finishWithError("sftp: " + err.Error())
-			return
-		}
-		se.log.Info("sftp ended")
-		se.sendExitStatus(0)
-		se.closeChannel()
-	}()
+	select {
+	case <-se.gone:
+		se.log.Info("sftp ended: client went away")
+		return
+	default:
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		se.log.Info("sftp ended", "err", err)
+		se.finishWithError("sftp: " + err.Error())
+		return
+	}
+	se.log.Info("sftp ended")
+	se.sendExitStatus(0)
+	se.closeChannel()
 }
 
 // channelOnly hides the channel's Close from pkg/sftp's RequestServer,
