@@ -58,6 +58,7 @@ func newPipes(cmd *exec.Cmd) (*stdio, error) {
 			return nil, fmt.Errorf("pipe: %w", err)
 		}
 		f[i], f[i+1] = r, w
+		growPipe(w)
 		if i == 0 {
 			s.child, s.parent = append(s.child, r), append(s.parent, w)
 		} else {
@@ -68,6 +69,20 @@ func newPipes(cmd *exec.Cmd) (*stdio, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = f[0], f[3], f[5]
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return s, nil
+}
+
+// pipeSize is the capacity asked for each pipe: bulk transfers (store
+// paths) then cross it in fewer, larger steps than the default 64 KiB.
+const pipeSize = 1 << 20
+
+// growPipe enlarges a pipe's buffer, as far as the system allows; the
+// default size is kept when it refuses.
+func growPipe(f *os.File) {
+	if rc, err := f.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, pipeSize)
+		})
+	}
 }
 
 // newPTY gives the command a terminal: the launcher's stdin, stdout and

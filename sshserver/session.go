@@ -277,7 +277,7 @@ func (se *session) run(r darlingexec.Request) {
 		defer se.recoverPanic()
 		// The client's EOF is the command's EOF. Many clients never
 		// half-close, so nothing waits on this copier.
-		_, _ = io.Copy(p.Stdin, se.ch)
+		_, _ = io.CopyBuffer(struct{ io.Writer }{p.Stdin}, struct{ io.Reader }{se.ch}, make([]byte, copyBuffer))
 		p.Stdin.Close()
 	}()
 	outDone := make(chan struct{})
@@ -378,11 +378,14 @@ func (se *session) recoverPanic() {
 // writes (the client went away), it keeps draining so the command never
 // blocks on a full pipe before it is ended.
 func pump(dst io.Writer, src io.Reader) {
-	buf := make([]byte, 32*1024)
+	buf := make([]byte, copyBuffer)
 	if _, err := io.CopyBuffer(dst, src, buf); err != nil {
 		_, _ = io.CopyBuffer(io.Discard, src, buf)
 	}
 }
+
+// copyBuffer is the size of each copy between a channel and a pipe.
+const copyBuffer = 256 * 1024
 
 // finishWithError ends a session the server could not run or had to end:
 // one line on stderr, exit status 255, EOF, close.
