@@ -9,7 +9,7 @@ PORT     ?= 2222
 DEB_PKGS := openssh-client openssh-server nix-bin tmux ssh-audit rsync gcc
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test deps vet lint clean soak fuzz
+.PHONY: build run test deps vet lint clean soak fuzz bench
 
 build:
 	$(GO) build -o $(BIN)/darling-sshd ./cmd/darling-sshd
@@ -69,6 +69,13 @@ test: deps vet
 # started. Not part of `make test`.
 soak: deps
 	$(GO) test -tags soak -count=1 -timeout 60m -run TestSoak -v ./integration
+
+# bench: the same workloads against darling-sshd and OpenSSH's sshd (started
+# here, ForceCommand through the same stand-in launcher); prints a table and
+# writes bench.json and bench.md to OUT. Not part of `make test`.
+OUT ?= bench-results
+bench: deps
+	DARLING_SSHD_NORACE=1 BENCH_OUT=$(abspath $(OUT)) $(GO) test -tags bench -count=1 -timeout 60m -run TestBench -v ./integration
 
 # fuzz: each fuzz target for FUZZTIME (their seed corpora run in make test).
 FUZZTIME ?= 30s

@@ -38,9 +38,14 @@ func testMain(m *testing.M) int {
 	bins.server = filepath.Join(dir, "darling-sshd")
 	bins.standin = filepath.Join(dir, "darling-standin")
 	// The server is built with the race detector: these tests are its
-	// concurrency tests too.
+	// concurrency tests too. Benchmarks build it plain
+	// (DARLING_SSHD_NORACE=1).
+	race := []string{"-race"}
+	if os.Getenv("DARLING_SSHD_NORACE") != "" {
+		race = nil
+	}
 	for _, b := range [][]string{
-		{"build", "-race", "-o", bins.server, "../cmd/darling-sshd"},
+		append(append([]string{"build"}, race...), "-o", bins.server, "../cmd/darling-sshd"),
 		{"build", "-o", bins.standin, "./standin"},
 	} {
 		cmd := exec.Command("go", b...)

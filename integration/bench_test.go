@@ -1,0 +1,278 @@
+//go:build bench
+
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Run with `make bench OUT=dir` (never in make test): the same workloads
+// against darling-sshd and against OpenSSH's sshd started here with a
+// ForceCommand through the same stand-in launcher, with the same client
+// and cipher. It prints one table and writes the raw numbers as JSON.
+
+// benchServer is one side of the comparison.
+type benchServer struct {
+	name string
+	ssh  []string // ssh arguments up to the host
+	cpu  func() float64
+	rss  func() int // KiB
+}
+
+func procCPU(pid int, children bool) float64 {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b)[i+2:])
+	sum := 0.0
+	fields := []int{11, 12} // utime, stime
+	if children {
+		fields = append(fields, 13, 14) // cutime, cstime
+	}
+	for _, k := range fields {
+		v, _ := strconv.ParseFloat(f[k], 64)
+		sum += v
+	}
+	return sum / 100 // clock ticks
+}
+
+func rssOf(pids ...int) int {
+	total := 0
+	for _, pid := range pids {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+				n, _ := strconv.Atoi(strings.Fields(v)[0])
+				total += n
+			}
+		}
+	}
+	return total
+}
+
+func startOpenSSH(t *testing.T, s *server) (*benchServer, func()) {
+	dir := filepath.Join(s.dir, "openssh")
+	os.MkdirAll(dir, 0o700)
+	os.MkdirAll("/run/sshd", 0o755)
+	run(t, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, "hk"))
+	pub, _ := os.ReadFile(s.clientKey + ".pub")
+	os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
+	port := freePort(t)
+	cfg := fmt.Sprintf(`Port %s
+ListenAddress 127.0.0.1
+HostKey %s/hk
+PidFile %s/sshd.pid
+AuthorizedKeysFile %s/authorized_keys
+StrictModes no
+UsePAM no
+UseDNS no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin yes
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
+ForceCommand exec env HOME=/root %s --prefix %s shell /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+`, port, dir, dir, dir, bins.standin, s.prefix)
+	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
+	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Minute, func() bool {
+		return exec.Command("ssh", "-F", "/dev/null", "-p", port, "-i", s.clientKey, "-o", "BatchMode=yes",
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+			"root@127.0.0.1", "true").Run() == nil
+	}) {
+		t.Fatal("sshd never answered")
+	}
+	pid := cmd.Process.Pid
+	b := &benchServer{
+		name: "openssh",
+		ssh: []string{"-F", "/dev/null", "-p", port, "-i", s.clientKey, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+			"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"},
+		// sshd's per-connection processes are reaped by the listener: their
+		// time is in its children's time (with the launcher's, which is
+		// small: the command runs in the container, not below sshd).
+		cpu: func() float64 { return procCPU(pid, true) },
+		rss: func() int {
+			return rssOf(append([]int{pid}, procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd:") })...)...)
+		},
+	}
+	return b, func() { cmd.Process.Kill(); cmd.Wait() }
+}
+
+func freePort(t *testing.T) string {
+	for p := 30000 + os.Getpid()%10000; ; p++ {
+		if exec.Command("sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+strconv.Itoa(p)).Run() != nil {
+			return strconv.Itoa(p)
+		}
+	}
+}
+
+type stat struct{ Median, Min, Max float64 }
+
+func summarize(xs []float64) stat {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return stat{s[len(s)/2], s[0], s[len(s)-1]}
+}
+
+func timeRun(t *testing.T, name string, args []string, stdin string) float64 {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", stdin+` "$@"`, "sh")
+	cmd.Args = append(cmd.Args, append([]string{name}, args...)...)
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %v: %v %s", name, args, err, out)
+	}
+	return time.Since(start).Seconds()
+}
+
+func TestBench(t *testing.T) {
+	const gib = 1 << 30
+	s := startServer(t, serverOpt{})
+	pid := s.cmd.Process.Pid
+	ours := &benchServer{name: "darling-sshd", ssh: []string{"-F", s.sshConfig, "dut"},
+		cpu: func() float64 { return procCPU(pid, false) }, rss: func() int { return rssOf(pid) }}
+	openssh, stop := startOpenSSH(t, s)
+	defer stop()
+	results := map[string]map[string]any{"darling-sshd": {}, "openssh": {}}
+	var rows [][3]string
+	row := func(name string, f func(b *benchServer) (float64, string)) {
+		var vals [2]float64
+		var texts [2]string
+		for i, b := range []*benchServer{ours, openssh} {
+			vals[i], texts[i] = f(b)
+			results[b.name][name] = vals[i]
+		}
+		ratio := ""
+		if vals[1] != 0 {
+			ratio = fmt.Sprintf("%.2fx", vals[0]/vals[1])
+		}
+		rows = append(rows, [3]string{name, texts[0] + " | " + texts[1], ratio})
+		t.Logf("%-44s %-40s %s", name, texts[0]+" | "+texts[1], ratio)
+	}
+	sshArgs := func(b *benchServer, extra ...string) []string {
+		return append(append(append([]string{}, extra...), "-o", "KexAlgorithms=curve25519-sha256"), b.ssh...)
+	}
+	trueTime := map[string]float64{}
+	row("fresh `ssh host true` (s, median of 50)", func(b *benchServer) (float64, string) {
+		var xs []float64
+		for range 50 {
+			xs = append(xs, timeRun(t, "ssh", append(sshArgs(b), "true"), ""))
+		}
+		st := summarize(xs)
+		trueTime[b.name] = st.Median
+		return st.Median, fmt.Sprintf("%.3f", st.Median)
+	})
+	var launcher []float64
+	for range 50 {
+		launcher = append(launcher, timeRun(t, bins.standin, []string{"--prefix", s.prefix, "shell", "/bin/sh", "-c", "true"}, ""))
+	}
+	lt := summarize(launcher).Median
+	t.Logf("launcher alone: %.3f s", lt)
+	row("time added beyond the launcher (s)", func(b *benchServer) (float64, string) {
+		return trueTime[b.name] - lt, fmt.Sprintf("%.3f", trueTime[b.name]-lt)
+	})
+	row("ControlMaster `ssh host true` (s, median of 50)", func(b *benchServer) (float64, string) {
+		sock := filepath.Join(s.dir, "cm-"+b.name)
+		master := exec.Command("ssh", sshArgs(b, "-o", "ControlMaster=yes", "-o", "ControlPath="+sock, "-N")...)
+		master.Start()
+		defer func() { master.Process.Kill(); master.Wait() }()
+		waitFor(time.Minute, func() bool { _, err := os.Stat(sock); return err == nil })
+		var xs []float64
+		for range 50 {
+			xs = append(xs, timeRun(t, "ssh", append(sshArgs(b, "-o", "ControlPath="+sock), "true"), ""))
+		}
+		st := summarize(xs)
+		return st.Median, fmt.Sprintf("%.3f", st.Median)
+	})
+	for _, cipher := range []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"} {
+		for _, dir := range []string{"download", "upload"} {
+			var cpu [2]float64
+			row(fmt.Sprintf("%s %s 1 GiB (MB/s, median of 5)", dir, strings.Split(cipher, "@")[0]), func(b *benchServer) (float64, string) {
+				var xs []float64
+				c0 := b.cpu()
+				for range 5 {
+					var sec float64
+					if dir == "download" {
+						sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "head -c 1073741824 /dev/zero"), "exec >/dev/null;")
+					} else {
+						sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "cat > /dev/null"), "head -c 1073741824 /dev/zero |")
+					}
+					xs = append(xs, gib/1e6/(sec-trueTime[b.name]))
+				}
+				i := 0
+				if b == openssh {
+					i = 1
+				}
+				cpu[i] = (b.cpu() - c0) / 5
+				st := summarize(xs)
+				return st.Median, fmt.Sprintf("%.0f (%.0f-%.0f)", st.Median, st.Min, st.Max)
+			})
+			row(fmt.Sprintf("server CPU s/GiB, %s %s", dir, strings.Split(cipher, "@")[0]), func(b *benchServer) (float64, string) {
+				i := 0
+				if b == openssh {
+					i = 1
+				}
+				return cpu[i], fmt.Sprintf("%.2f", cpu[i])
+			})
+		}
+	}
+	row("32 sessions x 64 MiB at once (s)", func(b *benchServer) (float64, string) {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				exec.Command("ssh", append(sshArgs(b, "-c", "aes128-gcm@openssh.com"), "head -c 67108864 /dev/zero")...).Run()
+			}()
+		}
+		wg.Wait()
+		sec := time.Since(start).Seconds()
+		return sec, fmt.Sprintf("%.2f", sec)
+	})
+	row("memory idle (KiB)", func(b *benchServer) (float64, string) {
+		m := b.rss()
+		return float64(m), strconv.Itoa(m)
+	})
+	row("memory per idle session, 100 open (KiB)", func(b *benchServer) (float64, string) {
+		before := b.rss()
+		ctx, cancel := context.WithCancel(context.Background())
+		var cmds []*exec.Cmd
+		for range 100 {
+			c := exec.CommandContext(ctx, "ssh", append(sshArgs(b), "sleep 600")...)
+			c.Start()
+			cmds = append(cmds, c)
+		}
+		time.Sleep(5 * time.Second) // let them all log in
+		per := float64(b.rss()-before) / 100
+		cancel()
+		for _, c := range cmds {
+			c.Wait()
+		}
+		return per, fmt.Sprintf("%.0f", per)
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "| workload | darling-sshd \\| OpenSSH sshd | ratio |\n|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", r[0], strings.ReplaceAll(r[1], "|", "\\|"), r[2])
+	}
+	fmt.Println(b.String())
+	if out := os.Getenv("BENCH_OUT"); out != "" {
+		os.MkdirAll(out, 0o755)
+		j, _ := json.MarshalIndent(map[string]any{"results": results, "launcher_true_s": lt, "when": time.Now().UTC()}, "", "  ")
+		os.WriteFile(filepath.Join(out, "bench.json"), j, 0o644)
+		os.WriteFile(filepath.Join(out, "bench.md"), []byte(b.String()), 0o644)
+	}
+}
