@@ -30,18 +30,27 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	signalAll(pids, unix.SIGHUP)
 	hupDeadline := time.Now().Add(grace)
 	var killDeadline time.Time
+	// Known processes are checked often, cheaply; the whole of /proc (for
+	// children started meanwhile) less often: many sessions may be ending
+	// at once, each walking /proc.
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
+	full := time.NewTicker(fullScanEvery)
+	defer full.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			signalAll(ps.scan(), unix.SIGKILL)
 			return
 		case <-tick.C:
+			pids = ps.alive()
+		case <-full.C:
+			pids = ps.scan()
 		}
-		pids = ps.scan()
 		if len(pids) == 0 {
-			return
+			if pids = ps.scan(); len(pids) == 0 {
+				return
+			}
 		}
 		now := time.Now()
 		if now.After(hupDeadline) {
@@ -56,6 +65,9 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 		}
 	}
 }
+
+// fullScanEvery is how often the kill loop walks all of /proc.
+const fullScanEvery = 250 * time.Millisecond
 
 func signalAll(pids []int, sig unix.Signal) {
 	for _, pid := range pids {
@@ -91,6 +103,21 @@ func (s *sessionProcs) setProtect(pid int) {
 	s.mu.Lock()
 	s.protect = pid
 	s.mu.Unlock()
+}
+
+// alive returns the known processes still alive, reading only theirs.
+func (s *sessionProcs) alive() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pids := make([]int, 0, len(s.known))
+	for pid, start := range s.known {
+		if startTime(pid) == start && processAlive(pid) {
+			pids = append(pids, pid)
+		} else {
+			delete(s.known, pid)
+		}
+	}
+	return pids
 }
 
 // scan returns the session's live processes.

@@ -107,7 +107,16 @@ ForceCommand exec env HOME=/root %s --prefix %s shell /bin/sh -c "$SSH_ORIGINAL_
 			return rssOf(append([]int{pid}, procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd:") })...)...)
 		},
 	}
-	return b, func() { cmd.Process.Kill(); cmd.Wait() }
+	return b, func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		// sshd's sessions outlive a killed listener.
+		for _, p := range procsMatching(func(cl string) bool {
+			return strings.Contains(cl, bins.standin) || strings.HasPrefix(cl, "sshd:")
+		}) {
+			killPid(p)
+		}
+	}
 }
 
 func freePort(t *testing.T) string {
