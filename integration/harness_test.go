@@ -122,6 +122,23 @@ func newKey(t *testing.T, dir, name string) string {
 	return p
 }
 
+// tempPrefix returns a prefix path that does not exist yet, short enough
+// for Darling's socket path limit; its container is shut down and its
+// folder removed after the test.
+func tempPrefix(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "dp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := filepath.Join(dir, "p")
+	t.Cleanup(func() {
+		exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
+		os.RemoveAll(dir)
+	})
+	return prefix
+}
+
 // startServer starts darling-sshd on a free loopback port with a fresh
 // (cold, not yet created) prefix, and waits for its "listening" line.
 func startServer(t *testing.T, o serverOpt) *server {

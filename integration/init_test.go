@@ -20,15 +20,7 @@ func runInit(t *testing.T, prefix string, args ...string) (string, int) {
 // TestInit prepares a prefix through the launcher, idempotently, and
 // leaves a managed file a person edited alone unless forced.
 func TestInit(t *testing.T) {
-	dir, err := os.MkdirTemp("", "dp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := filepath.Join(dir, "p")
-	defer func() {
-		exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
-		os.RemoveAll(dir)
-	}()
+	prefix := tempPrefix(t)
 	out, code := runInit(t, prefix, "--system-features", "big-parallel,benchmark", "--max-jobs", "2")
 	if code != 0 || !strings.Contains(out, "/etc/nix/nix.conf: written") || !strings.Contains(out, "/var/empty: created") {
 		t.Fatalf("first init: exit %d\n%s", code, out)

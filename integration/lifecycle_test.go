@@ -164,15 +164,7 @@ func TestAuthRefused(t *testing.T) {
 // cold-start bug (#1510) that the warm-up exists for: the first call's
 // stdout gets startup noise and never reaches EOF.
 func TestColdStartFixtureHoldsStdout(t *testing.T) {
-	dir, err := os.MkdirTemp("", "dp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := filepath.Join(dir, "p")
-	defer func() {
-		exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
-		os.RemoveAll(dir)
-	}()
+	prefix := tempPrefix(t)
 	cmd := exec.Command(bins.standin, "--prefix", prefix, "shell", "echo", "hello")
 	cmd.Env = []string{"HOME=/root", "PATH=/usr/bin:/bin"}
 	stdout, err := cmd.StdoutPipe()
