@@ -111,7 +111,8 @@ func (s *sessionProcs) alive() []int {
 	defer s.mu.Unlock()
 	pids := make([]int, 0, len(s.known))
 	for pid, start := range s.known {
-		if startTime(pid) == start && processAlive(pid) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if p, live := parseStat(b); err == nil && live && p.start == start {
 			pids = append(pids, pid)
 		} else {
 			delete(s.known, pid)

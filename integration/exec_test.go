@@ -53,12 +53,7 @@ func TestEnvironment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
+	env := parseEnv(out)
 	for _, k := range []string{"NOTIFY_SOCKET", "INVOCATION_ID", "LEAKME", "FOO"} {
 		if _, ok := env[k]; ok {
 			t.Errorf("%s leaked into the session", k)

@@ -122,6 +122,17 @@ func newKey(t *testing.T, dir, name string) string {
 	return p
 }
 
+// parseEnv reads the output of env into a map.
+func parseEnv(out []byte) map[string]string {
+	env := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
 // tempPrefix returns a prefix path that does not exist yet, short enough
 // for Darling's socket path limit; its container is shut down and its
 // folder removed after the test.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -200,21 +201,12 @@ func TestNixRemoteBuild(t *testing.T) {
 // line contains sub.
 func procsInPrefix(prefix, sub string) []string {
 	var found []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		root, err := os.Readlink("/proc/" + e.Name() + "/root")
-		if err != nil || root != prefix {
-			continue
+	for _, pid := range procsMatching(func(cl string) bool { return strings.Contains(cl, sub) }) {
+		name := strconv.Itoa(pid)
+		if root, err := os.Readlink("/proc/" + name + "/root"); err == nil && root == prefix {
+			cl, _ := os.ReadFile("/proc/" + name + "/cmdline")
+			found = append(found, name+":"+strings.ReplaceAll(string(cl), "\x00", " "))
 		}
-		cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || !strings.Contains(string(cl), sub) {
-			continue
-		}
-		st, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
-			continue
-		}
-		found = append(found, e.Name()+":"+strings.ReplaceAll(string(cl), "\x00", " "))
 	}
 	return found
 }

@@ -23,12 +23,7 @@ func TestAcceptEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
+	env := parseEnv(out)
 	for k, v := range map[string]string{"NIX_REMOTE": "local", "NIX_PATH": "nixpkgs=/x", "NIX_SSL_CERT_FILE": "/c",
 		"TERM": "vt100", "LC_TIME": "C", "MY_A": "1", "EXACT": "2"} {
 		if env[k] != v {
