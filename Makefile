@@ -75,6 +75,8 @@ soak: deps
 # writes bench.json and bench.md to OUT. Not part of `make test`.
 OUT ?= bench-results
 bench: deps
+	@mkdir -p $(OUT)
+	set -o pipefail; $(GO) test -run '^$$' -bench . -benchmem ./darlingexec | tee $(abspath $(OUT))/gobench.txt
 	DARLING_SSHD_NORACE=1 BENCH_OUT=$(abspath $(OUT)) $(GO) test -tags bench -count=1 -timeout 60m -run TestBench -v ./integration
 
 # fuzz: each fuzz target for FUZZTIME (their seed corpora run in make test).

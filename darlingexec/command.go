@@ -74,6 +74,7 @@ type Launcher struct {
 	warmFailed time.Time  // when it ended
 
 	tracker tracker // follows running sessions' processes
+	bufs    buffers // lent to the sessions' streams while data flows
 }
 
 // Request is what a session asks the launcher to run.

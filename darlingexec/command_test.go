@@ -131,18 +131,17 @@ func TestCheckLimits(t *testing.T) {
 	}
 }
 
-func TestHasEntry(t *testing.T) {
-	env := []byte("A=1\x00DARLING_SSHD_SESSION=abc\x00B=2\x00")
-	if !hasEntry(env, []byte("DARLING_SSHD_SESSION=abc")) {
-		t.Error("marker not found")
-	}
-	for _, no := range []string{"DARLING_SSHD_SESSION=ab", "SSHD_SESSION=abc", "DARLING_SSHD_SESSION=abcd"} {
-		if hasEntry(env, []byte(no)) {
-			t.Errorf("%q matched", no)
+func TestSessionOf(t *testing.T) {
+	for env, want := range map[string]string{
+		"A=1\x00DARLING_SSHD_SESSION=abc\x00B=2\x00":   "abc",
+		"X=1\x00DARLING_SSHD_SESSION=abc":              "abc", // last entry, no NUL
+		"SSHD_SESSION=abc\x00X_DARLING_SSHD_SESSION=x": "",
+		"DARLING_SSHD_SESSIONX=abc":                    "",
+		"":                                             "",
+	} {
+		if got := sessionOf([]byte(env)); got != want {
+			t.Errorf("sessionOf(%q) = %q, want %q", env, got, want)
 		}
-	}
-	if !hasEntry([]byte("X=1\x00DARLING_SSHD_SESSION=abc"), []byte("DARLING_SSHD_SESSION=abc")) {
-		t.Error("last entry without NUL not found")
 	}
 }
 

@@ -22,7 +22,7 @@ const afterKill = 10 * time.Second
 func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time.Duration) {
 	l.tracker.remove(ps)
 	ps.setProtect(l.containerPid())
-	pids := ps.scan()
+	pids := l.tracker.scan(ps)
 	if len(pids) == 0 {
 		return
 	}
@@ -40,15 +40,15 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	for {
 		select {
 		case <-ctx.Done():
-			signalAll(ps.scan(), unix.SIGKILL)
+			signalAll(l.tracker.scan(ps), unix.SIGKILL)
 			return
 		case <-tick.C:
 			pids = ps.alive()
 		case <-full.C:
-			pids = ps.scan()
+			pids = l.tracker.scan(ps)
 		}
 		if len(pids) == 0 {
-			if pids = ps.scan(); len(pids) == 0 {
+			if pids = l.tracker.scan(ps); len(pids) == 0 {
 				return
 			}
 		}
@@ -83,20 +83,18 @@ func signalAll(pids []int, sig unix.Signal) {
 // parent died and it was reparented to the container's init; the tracker
 // looks while the session runs, for processes that leave that way early.
 type sessionProcs struct {
-	marker []byte
+	id string // the marker's value
 	// since is the launcher's start time: a process started before it
-	// cannot be the session's, so its environment is not read.
+	// cannot be the session's.
 	since uint64
 
 	mu      sync.Mutex
 	protect int            // the container's init: never ours
 	known   map[int]uint64 // pid -> start time: the session's
-	checked map[int]uint64 // pid -> start time: environment read, not the session's
 }
 
-func newSessionProcs(marker []byte, since uint64, protect int) *sessionProcs {
-	return &sessionProcs{marker: marker, since: since, protect: protect,
-		known: map[int]uint64{}, checked: map[int]uint64{}}
+func newSessionProcs(id string, since uint64, protect int) *sessionProcs {
+	return &sessionProcs{id: id, since: since, protect: protect, known: map[int]uint64{}}
 }
 
 func (s *sessionProcs) setProtect(pid int) {
@@ -121,38 +119,25 @@ func (s *sessionProcs) alive() []int {
 	return pids
 }
 
-// scan returns the session's live processes.
-func (s *sessionProcs) scan() []int { return s.update(liveProcs()) }
-
 // update brings the session's processes up to date with all, the live
-// processes, and returns them.
-func (s *sessionProcs) update(all map[int]proc) []int {
+// processes, and seen, the session each names in its environment, and
+// returns them.
+func (s *sessionProcs) update(all map[int]proc, seen map[int]seenProc) []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	self := os.Getpid()
 	// Forget what died or whose pid was reused.
-	for _, m := range []map[int]uint64{s.known, s.checked} {
-		for pid, start := range m {
-			if p, ok := all[pid]; !ok || p.start != start {
-				delete(m, pid)
-			}
+	for pid, start := range s.known {
+		if p, ok := all[pid]; !ok || p.start != start {
+			delete(s.known, pid)
 		}
 	}
 	for pid, p := range all {
 		if pid == self || pid == s.protect || p.start < s.since {
 			continue
 		}
-		if _, ok := s.known[pid]; ok {
-			continue
-		}
-		if _, ok := s.checked[pid]; ok {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-		if err == nil && hasEntry(env, s.marker) {
+		if seen[pid].session == s.id {
 			s.known[pid] = p.start
-		} else {
-			s.checked[pid] = p.start
 		}
 	}
 	// Add descendants until nothing changes.
@@ -164,7 +149,6 @@ func (s *sessionProcs) update(all map[int]proc) []int {
 			}
 			if _, ok := s.known[p.ppid]; ok {
 				s.known[pid] = p.start
-				delete(s.checked, pid)
 				grew = true
 			}
 		}
@@ -182,11 +166,24 @@ const trackEvery = 500 * time.Millisecond
 // tracker follows the processes of running sessions in the background,
 // one /proc walk for all of them, so that a process that leaves a
 // session's tree and clears its environment is known when the session
-// ends. It runs only while there are sessions. The zero value is ready.
+// ends. It runs only while there are sessions. It reads each process's
+// environment once in the process's life, whatever the number of
+// sessions. The zero value is ready.
 type tracker struct {
 	mu       sync.Mutex
 	sessions map[*sessionProcs]struct{}
 	running  bool
+
+	seenMu sync.Mutex
+	seen   map[int]seenProc // every live process whose environment was read
+	rd     procReader
+}
+
+// seenProc is a process whose environment was read: its start time, and
+// the session its environment names ("" for none).
+type seenProc struct {
+	start   uint64
+	session string
 }
 
 func (t *tracker) add(ps *sessionProcs) {
@@ -223,11 +220,47 @@ func (t *tracker) loop() {
 			list = append(list, ps)
 		}
 		t.mu.Unlock()
-		all := liveProcs()
-		for _, ps := range list {
-			ps.update(all)
+		t.look(func(all map[int]proc, seen map[int]seenProc) {
+			for _, ps := range list {
+				ps.update(all, seen)
+			}
+		})
+	}
+}
+
+// scan returns the session's live processes.
+func (t *tracker) scan(ps *sessionProcs) (pids []int) {
+	t.look(func(all map[int]proc, seen map[int]seenProc) { pids = ps.update(all, seen) })
+	return pids
+}
+
+// look walks /proc and calls fn with the live processes and the session
+// each names in its environment, reading only the environments of
+// processes it has not seen before.
+func (t *tracker) look(fn func(all map[int]proc, seen map[int]seenProc)) {
+	t.seenMu.Lock()
+	defer t.seenMu.Unlock()
+	all := t.rd.liveProcs()
+	if t.seen == nil {
+		t.seen = map[int]seenProc{}
+	}
+	for pid, sp := range t.seen {
+		if p, ok := all[pid]; !ok || p.start != sp.start {
+			delete(t.seen, pid)
 		}
 	}
+	self := os.Getpid()
+	for pid, p := range all {
+		if sp, ok := t.seen[pid]; (ok && sp.start == p.start) || pid == self {
+			continue
+		}
+		sp := seenProc{start: p.start}
+		if env, err := t.rd.read("/proc/" + strconv.Itoa(pid) + "/environ"); err == nil {
+			sp.session = sessionOf(env)
+		}
+		t.seen[pid] = sp
+	}
+	fn(all, t.seen)
 }
 
 // startTime returns pid's start time in clock ticks since boot, or 0.
@@ -246,9 +279,44 @@ type proc struct {
 	start uint64
 }
 
+// procReader reads /proc files into one buffer it reuses: the tracker
+// reads every process's stat twice a second.
+type procReader struct{ buf []byte }
+
+// read returns the file's contents, valid until the next read.
+func (r *procReader) read(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	if r.buf == nil {
+		r.buf = make([]byte, 0, 4096)
+	}
+	b := r.buf[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			r.buf = b
+			return nil, err
+		}
+		if n == 0 {
+			r.buf = b
+			return b, nil
+		}
+		b = b[:len(b)+n]
+	}
+}
+
 // liveProcs reads every process's parent and start time from /proc,
 // leaving out zombies, which have exited.
-func liveProcs() map[int]proc {
+func (r *procReader) liveProcs() map[int]proc {
 	d, err := os.Open("/proc")
 	if err != nil {
 		return nil
@@ -264,7 +332,7 @@ func liveProcs() map[int]proc {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile("/proc/" + name + "/stat")
+		b, err := r.read("/proc/" + name + "/stat")
 		if err != nil {
 			continue
 		}
@@ -284,31 +352,51 @@ func parseStat(b []byte) (proc, bool) {
 	if i < 0 || i+2 >= len(b) {
 		return proc{}, false
 	}
-	f := bytes.Fields(b[i+2:])
-	// f[0] state, f[1] ppid, ..., f[19] starttime (field 22 of the line).
-	if len(f) < 20 || f[0][0] == 'Z' {
+	// Field 0 is the state, 1 the ppid, 19 the start time (field 22 of
+	// the line).
+	var state, ppid, start []byte
+	rest := b[i+2:]
+	for k := 0; k <= 19 && len(rest) > 0; k++ {
+		j := bytes.IndexByte(rest, ' ')
+		if j < 0 {
+			j = len(rest)
+		}
+		f := bytes.TrimSpace(rest[:j])
+		switch k {
+		case 0:
+			state = f
+		case 1:
+			ppid = f
+		case 19:
+			start = f
+		}
+		rest = rest[min(j+1, len(rest)):]
+	}
+	if len(state) == 0 || len(start) == 0 || state[0] == 'Z' {
 		return proc{}, false
 	}
-	ppid, err1 := strconv.Atoi(string(f[1]))
-	start, err2 := strconv.ParseUint(string(f[19]), 10, 64)
+	pp, err1 := strconv.Atoi(string(ppid))
+	st, err2 := strconv.ParseUint(string(start), 10, 64)
 	if err1 != nil || err2 != nil {
 		return proc{}, false
 	}
-	return proc{ppid: ppid, start: start}, true
+	return proc{ppid: pp, start: st}, true
 }
 
-// hasEntry reports whether the NUL-separated environ holds entry exactly.
-func hasEntry(environ, entry []byte) bool {
+// sessionOf returns the session marker's value in a NUL-separated
+// environ, or "".
+func sessionOf(environ []byte) string {
+	prefix := []byte(SessionVar + "=")
 	for len(environ) > 0 {
-		var e []byte
+		e := environ
 		if i := bytes.IndexByte(environ, 0); i >= 0 {
 			e, environ = environ[:i], environ[i+1:]
 		} else {
-			e, environ = environ, nil
+			environ = nil
 		}
-		if bytes.Equal(e, entry) {
-			return true
+		if v, ok := bytes.CutPrefix(e, prefix); ok {
+			return string(v)
 		}
 	}
-	return false
+	return ""
 }

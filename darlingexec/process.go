@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -34,8 +33,8 @@ type Process struct {
 	// a terminal, closing does nothing: the terminal stays). Stdout and
 	// Stderr read its output; Stdout starts where the command started,
 	// after any startup noise. On a terminal, Stderr is empty.
-	Stdin          io.WriteCloser
-	Stdout, Stderr io.Reader
+	Stdin          *Input
+	Stdout, Stderr *Output
 
 	outFiles []*os.File // our ends of the pipes or the terminal
 	pty      *os.File   // the terminal's master, or nil
@@ -106,18 +105,18 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	sio.closeChild()
 
 	p := &Process{
-		Stdin:  sio.stdin,
-		Stdout: sio.stdout,
-		Stderr: sio.stderr,
+		Stdin:  &Input{w: sio.stdin, bufs: &l.bufs},
+		Stdout: &Output{f: sio.stdout, bufs: &l.bufs},
+		Stderr: &Output{f: sio.stderr, bufs: &l.bufs},
 		cmd:    cmd,
 		pty:    sio.pty,
-		procs:  newSessionProcs([]byte(SessionVar+"="+id), startTime(cmd.Process.Pid), l.containerPid()),
+		procs:  newSessionProcs(id, startTime(cmd.Process.Pid), l.containerPid()),
 		l:      l,
 		done:   make(chan struct{}),
 	}
 	p.outFiles = sio.parent
 	if marker != "" {
-		p.Stdout = &markerReader{r: sio.stdout, marker: []byte(marker), log: l.Log}
+		p.Stdout.head = &markerReader{r: sio.stdout, marker: []byte(marker), log: l.Log, bufs: &l.bufs}
 	}
 	l.tracker.add(p.procs)
 	go p.wait()
@@ -125,6 +124,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 }
 
 func (p *Process) wait() {
+	awaitExit(p.cmd.Process.Pid)
 	err := p.cmd.Wait()
 	var ee *exec.ExitError
 	switch {
@@ -143,6 +143,34 @@ func (p *Process) wait() {
 	}
 	p.status.Ended = p.ended.Load()
 	close(p.done)
+}
+
+// awaitExit returns once the child pid has exited, parked in Go's poller
+// on a pidfd: os.Process.Wait blocks a thread in waitid(2) for as long as
+// the session runs, and a thread per session costs more memory than the
+// rest of an idle session. Without pidfds it returns at once and Wait
+// blocks as before.
+func awaitExit(pid int) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	// Polled before each wait: the poller reports only later changes.
+	_ = rc.Read(func(fd uintptr) bool {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(pfd, 0)
+			if err != unix.EINTR {
+				return err != nil || n > 0
+			}
+		}
+	})
 }
 
 // Done is closed when the launcher has exited.

@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"strings"
 	"syscall"
 
 	"github.com/creack/pty"
@@ -25,7 +24,7 @@ type PTY struct {
 // parent's ends, and the child's, closed once the child has them.
 type stdio struct {
 	stdin          io.WriteCloser
-	stdout, stderr io.Reader
+	stdout, stderr *os.File   // stderr is nil on a terminal
 	parent         []*os.File // ours, closed by CloseOutput
 	child          []*os.File // the launcher's, closed after it started
 	pty            *os.File
@@ -112,7 +111,6 @@ func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
 	}
 	s.stdin = ptyInput{master}
 	s.stdout = master
-	s.stderr = strings.NewReader("")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if p.Term != "" {

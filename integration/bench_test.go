@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/darling-sshd/darling-sshd/auth"
 )
 
 // Run with `make bench OUT=dir` (never in make test): the same workloads
@@ -26,8 +30,10 @@ import (
 type benchServer struct {
 	name string
 	ssh  []string // ssh arguments up to the host
-	cpu  func() float64
-	rss  func() int // KiB
+	// nixURL and nixOpts reach the server from Nix (NIX_SSHOPTS).
+	nixURL, nixOpts string
+	cpu             func() float64
+	rss             func() int // KiB
 }
 
 func procCPU(pid int, children bool) float64 {
@@ -95,10 +101,13 @@ ForceCommand exec env HOME=/root %s --prefix %s shell /bin/sh -c "$SSH_ORIGINAL_
 		t.Fatal("sshd never answered")
 	}
 	pid := cmd.Process.Pid
+	opts := []string{"-F", "/dev/null", "-p", port, "-i", s.clientKey, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+		"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"}
 	b := &benchServer{
-		name: "openssh",
-		ssh: []string{"-F", "/dev/null", "-p", port, "-i", s.clientKey, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-			"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"},
+		name:    "openssh",
+		ssh:     append(opts, "root@127.0.0.1"),
+		nixURL:  "ssh://root@127.0.0.1",
+		nixOpts: strings.Join(opts, " "),
 		// sshd's per-connection processes are reaped by the listener: their
 		// time is in its children's time (with the launcher's, which is
 		// small: the command runs in the container, not below sshd).
@@ -151,6 +160,7 @@ func TestBench(t *testing.T) {
 	s := startServer(t, serverOpt{})
 	pid := s.cmd.Process.Pid
 	ours := &benchServer{name: "darling-sshd", ssh: []string{"-F", s.sshConfig, "dut"},
+		nixURL: "ssh://dut", nixOpts: "-F " + s.sshConfig,
 		cpu: func() float64 { return procCPU(pid, false) }, rss: func() int { return rssOf(pid) }}
 	openssh, stop := startOpenSSH(t, s)
 	defer stop()
@@ -251,6 +261,39 @@ func TestBench(t *testing.T) {
 		sec := time.Since(start).Seconds()
 		return sec, fmt.Sprintf("%.2f", sec)
 	})
+	// nix copy --to of one 256 MiB store path, deleted on the builder
+	// after each copy, with the ssh-config block's cipher order and with
+	// the client's default order (chacha20-poly1305 first).
+	c := setupNix(t, s)
+	payload := filepath.Join(c.dir, "payload")
+	os.MkdirAll(payload, 0o755)
+	f, _ := os.Create(filepath.Join(payload, "big"))
+	io.Copy(f, io.LimitReader(rand.NewChaCha8([32]byte{9}), 256<<20))
+	f.Close()
+	storePath := strings.TrimSpace(c.run("nix-store", "--store", c.store, "--add", payload))
+	for _, v := range []struct{ name, ciphers string }{
+		{"ssh-config ciphers (AES-GCM first)", auth.Ciphers},
+		{"client default ciphers", "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com"},
+	} {
+		row("nix copy --to 256 MiB, "+v.name+" (s less one session's start, median of 5)", func(b *benchServer) (float64, string) {
+			var xs []float64
+			for range 5 {
+				cmd := c.cmd(context.Background(), "nix", "copy", "--no-check-sigs", "--store", c.store, "--to", b.nixURL, storePath)
+				cmd.Env = append(cmd.Env, "NIX_SSHOPTS="+b.nixOpts+" -o KexAlgorithms=curve25519-sha256 -o Ciphers="+v.ciphers)
+				start := time.Now()
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("nix copy to %s: %v\n%s", b.name, err, out)
+				}
+				// One session: its start is taken off, as for the transfers.
+				xs = append(xs, time.Since(start).Seconds()-trueTime[b.name])
+				if out, err := exec.Command("ssh", append(sshArgs(b), "nix-store --delete "+storePath)...).CombinedOutput(); err != nil {
+					t.Fatalf("delete on %s: %v\n%s", b.name, err, out)
+				}
+			}
+			st := summarize(xs)
+			return st.Median, fmt.Sprintf("%.2f (%.2f-%.2f)", st.Median, st.Min, st.Max)
+		})
+	}
 	row("memory idle (KiB)", func(b *benchServer) (float64, string) {
 		m := b.rss()
 		return float64(m), strconv.Itoa(m)

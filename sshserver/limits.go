@@ -1,6 +1,7 @@
 package sshserver
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -145,62 +146,70 @@ func (m MaxStartups) drop(n int, r func(int) int) bool {
 // connState is what the server keeps per logged-in connection.
 type connState struct {
 	sessions atomic.Int32
+
+	// The keepalives, driven by a timer: a connection holds no
+	// goroutine for them between probes.
+	mu      sync.Mutex
+	timer   *time.Timer
+	pending bool // a probe is unanswered
+	missed  int  // probes left unanswered in a row
+	closed  bool
 }
 
 // connStateFor returns conn's state, creating it (and starting the
-// connection's keepalives) with its first session.
-func (s *Server) connStateFor(conn *gossh.ServerConn) *connState {
+// connection's keepalives) with its first session. ctx is the
+// connection's: it ends when the connection does.
+func (s *Server) connStateFor(ctx context.Context, conn *gossh.ServerConn) *connState {
 	v, loaded := s.perConn.LoadOrStore(conn, &connState{})
+	cs := v.(*connState)
 	if !loaded {
-		go s.keepalive(conn)
+		cs.mu.Lock()
+		if s.opts.KeepaliveInterval > 0 {
+			cs.timer = time.AfterFunc(s.opts.KeepaliveInterval, func() { s.keepalive(conn, cs) })
+		}
+		cs.mu.Unlock()
+		context.AfterFunc(ctx, func() {
+			cs.mu.Lock()
+			cs.closed = true
+			if cs.timer != nil {
+				cs.timer.Stop()
+			}
+			cs.mu.Unlock()
+			s.perConn.Delete(conn)
+		})
 	}
-	return v.(*connState)
+	return cs
 }
 
-// keepalive sends keepalive@openssh.com every KeepaliveInterval and closes
-// a connection that leaves KeepaliveCountMax of them unanswered: a client
-// that vanished never holds a build for ever. A silent but answering
-// client is never cut off.
-func (s *Server) keepalive(conn *gossh.ServerConn) {
-	defer s.perConn.Delete(conn)
-	done := make(chan struct{})
-	go func() {
-		conn.Wait()
-		close(done)
-	}()
-	if s.opts.KeepaliveInterval <= 0 {
-		<-done
+// keepalive runs every KeepaliveInterval: it sends keepalive@openssh.com
+// and closes a connection that leaves KeepaliveCountMax of them
+// unanswered: a client that vanished never holds a build for ever. A
+// silent but answering client is never cut off.
+func (s *Server) keepalive(conn *gossh.ServerConn, cs *connState) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
 		return
 	}
-	tick := time.NewTicker(s.opts.KeepaliveInterval)
-	defer tick.Stop()
-	replies := make(chan struct{}, 1)
-	pending, missed := false, 0
-	for {
-		select {
-		case <-done:
+	if cs.pending {
+		cs.missed++
+		if cs.missed >= s.opts.KeepaliveCountMax {
+			s.log.Info("closing connection", "reason", "no answer to keepalives",
+				"remote", conn.RemoteAddr().String(), "missed", cs.missed)
+			cs.closed = true
+			go conn.Close()
 			return
-		case <-replies:
-			pending, missed = false, 0
-		case <-tick.C:
-			if pending {
-				missed++
-				if missed >= s.opts.KeepaliveCountMax {
-					s.log.Info("closing connection", "reason", "no answer to keepalives",
-						"remote", conn.RemoteAddr().String(), "missed", missed)
-					conn.Close()
-					<-done
-					return
-				}
-				continue
-			}
-			pending = true
-			go func() {
-				// Any answer, success or failure, shows the client is there.
-				if _, _, err := conn.SendRequest("keepalive@openssh.com", true, nil); err == nil {
-					replies <- struct{}{}
-				}
-			}()
 		}
+	} else {
+		cs.pending = true
+		go func() {
+			// Any answer, success or failure, shows the client is there.
+			if _, _, err := conn.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+				cs.mu.Lock()
+				cs.pending, cs.missed = false, 0
+				cs.mu.Unlock()
+			}
+		}()
 	}
+	cs.timer.Reset(s.opts.KeepaliveInterval)
 }

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gliderssh "github.com/gliderlabs/ssh"
@@ -46,8 +47,8 @@ type session struct {
 // handleSession serves a "session" channel. It replaces gliderlabs' stock
 // handler, which sends exit-status without EOF, rewrites output once a pty
 // was requested and can deadlock on early window-change requests.
-func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, _ gliderssh.Context) {
-	cs := s.connStateFor(conn)
+func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	cs := s.connStateFor(ctx, conn)
 	if n := cs.sessions.Add(1); int(n) > s.opts.MaxSessions {
 		cs.sessions.Add(-1)
 		s.log.Info("session refused", "reason", "too many sessions on this connection (max-sessions)",
@@ -277,22 +278,25 @@ func (se *session) run(r darlingexec.Request) {
 		defer se.recoverPanic()
 		// The client's EOF is the command's EOF. Many clients never
 		// half-close, so nothing waits on this copier.
-		_, _ = io.CopyBuffer(struct{ io.Writer }{p.Stdin}, struct{ io.Reader }{se.ch}, make([]byte, copyBuffer))
+		_, _ = p.Stdin.ReadFrom(se.ch)
 		p.Stdin.Close()
 	}()
+	// outDone is closed by whichever output pump ends last.
 	outDone := make(chan struct{})
-	go func() {
-		defer se.recoverPanic()
-		errc := make(chan struct{}, 1)
+	var pumps atomic.Int32
+	pumps.Store(2)
+	for _, o := range []struct {
+		dst io.Writer
+		src *darlingexec.Output
+	}{{se.ch, p.Stdout}, {se.ch.Stderr(), p.Stderr}} {
 		go func() {
 			defer se.recoverPanic()
-			pump(se.ch.Stderr(), p.Stderr)
-			errc <- struct{}{}
+			pump(o.dst, o.src)
+			if pumps.Add(-1) == 0 {
+				close(outDone)
+			}
 		}()
-		pump(se.ch, p.Stdout)
-		<-errc
-		close(outDone)
-	}()
+	}
 
 	exited, drained, serverEnded, peerGone := false, false, false, false
 	gone, shutdown := se.gone, se.s.ctx.Done()
@@ -377,15 +381,11 @@ func (se *session) recoverPanic() {
 // pump copies a command's output to the channel. If the channel refuses
 // writes (the client went away), it keeps draining so the command never
 // blocks on a full pipe before it is ended.
-func pump(dst io.Writer, src io.Reader) {
-	buf := make([]byte, copyBuffer)
-	if _, err := io.CopyBuffer(dst, src, buf); err != nil {
-		_, _ = io.CopyBuffer(io.Discard, src, buf)
+func pump(dst io.Writer, src *darlingexec.Output) {
+	if _, err := src.WriteTo(dst); err != nil {
+		_, _ = src.WriteTo(io.Discard)
 	}
 }
-
-// copyBuffer is the size of each copy between a channel and a pipe.
-const copyBuffer = 256 * 1024
 
 // finishWithError ends a session the server could not run or had to end:
 // one line on stderr, exit status 255, EOF, close.

@@ -1,0 +1,193 @@
+package darlingexec
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// copyBuffer is the size of the buffers that carry a busy stream. Large
+// reads and writes cross a bulk transfer (a store path) in few system
+// calls; the buffers are lent from a pool only while data flows, so an
+// idle session holds none.
+const copyBuffer = 256 << 10
+
+// quietBuffer is what Input.ReadFrom reads with while the stream is quiet.
+const quietBuffer = 4 << 10
+
+// buffers lends copy buffers to the streams of all sessions.
+type buffers struct{ pool sync.Pool }
+
+func (b *buffers) get() *[]byte {
+	if p, ok := b.pool.Get().(*[]byte); ok {
+		return p
+	}
+	buf := make([]byte, copyBuffer)
+	return &buf
+}
+
+func (b *buffers) put(p *[]byte) { b.pool.Put(p) }
+
+// Output is one of the command's output streams: a pipe, or the terminal.
+// It is read through Go's poller and WriteTo takes a buffer only once
+// output is there, so a quiet command costs no buffer.
+type Output struct {
+	f    *os.File      // nil: an empty stream (stderr on a terminal)
+	bufs *buffers      // lends WriteTo its buffers
+	head *markerReader // drops startup noise until the marker has passed; then nil
+}
+
+// Read reads output; io.Copy uses WriteTo instead.
+func (o *Output) Read(p []byte) (int, error) {
+	if o.f == nil {
+		return 0, io.EOF
+	}
+	if o.head != nil {
+		n, err := o.head.Read(p)
+		if o.head.found && len(o.head.pending) == 0 {
+			o.head = nil
+		}
+		return n, err
+	}
+	return o.f.Read(p)
+}
+
+// WriteTo copies the output to w until it ends. A read error ends it like
+// EOF does: a terminal's master reads EIO once the command has gone, and
+// CloseOutput makes a pending read fail.
+func (o *Output) WriteTo(w io.Writer) (int64, error) {
+	if o.f == nil {
+		return 0, nil
+	}
+	var total int64
+	if o.head != nil {
+		if !o.head.found {
+			if err := o.head.search(); err != nil {
+				return 0, ignoreEOF(err)
+			}
+		}
+		p := o.head.pending
+		o.head = nil
+		if len(p) > 0 {
+			n, err := w.Write(p)
+			total += int64(n)
+			if err != nil {
+				return total, err
+			}
+		}
+	}
+	rc, err := o.f.SyscallConn()
+	if err != nil {
+		return total, err
+	}
+	for {
+		buf, n, err := o.readPooled(rc)
+		if n > 0 {
+			nw, werr := w.Write((*buf)[:n])
+			total += int64(nw)
+			if werr != nil {
+				o.bufs.put(buf)
+				return total, werr
+			}
+		}
+		if buf != nil {
+			o.bufs.put(buf)
+		}
+		if err != nil {
+			return total, ignoreEOF(err)
+		}
+	}
+}
+
+// readPooled waits until output is there, holding no buffer, then reads
+// it into one from the pool. The read is tried before waiting: Go's poller
+// is edge-triggered and reports only data that arrives after it was asked.
+func (o *Output) readPooled(rc interface {
+	Read(func(fd uintptr) bool) error
+}) (buf *[]byte, n int, err error) {
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		if buf == nil {
+			buf = o.bufs.get()
+		}
+		for {
+			n, rerr = unix.Read(int(fd), *buf)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			o.bufs.put(buf)
+			buf = nil
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+	case rerr != nil:
+		err = &os.PathError{Op: "read", Path: o.f.Name(), Err: rerr}
+	case n <= 0:
+		n, err = 0, io.EOF
+	}
+	return buf, n, err
+}
+
+// Input is the command's stdin: a pipe, or the terminal.
+type Input struct {
+	w    io.WriteCloser
+	bufs *buffers
+}
+
+// Write writes to the command's stdin.
+func (in *Input) Write(p []byte) (int, error) { return in.w.Write(p) }
+
+// Close is the command's EOF; on a terminal it does nothing, since the
+// terminal is also the command's output.
+func (in *Input) Close() error { return in.w.Close() }
+
+// ReadFrom copies r to the command's stdin until r ends. While r is quiet
+// it waits with a small buffer; once a read fills that, a burst is on and
+// a pooled buffer carries it, until a read shows the burst is over.
+func (in *Input) ReadFrom(r io.Reader) (int64, error) {
+	quiet := make([]byte, quietBuffer)
+	buf := quiet
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			in.bufs.put(big)
+		}
+	}()
+	var total int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			nw, werr := in.w.Write(buf[:n])
+			total += int64(nw)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = in.bufs.get()
+			buf = *big
+		case big != nil && n < quietBuffer:
+			in.bufs.put(big)
+			big, buf = nil, quiet
+		}
+		if err != nil {
+			return total, ignoreEOF(err)
+		}
+	}
+}
+
+func ignoreEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,141 @@
+package darlingexec
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"testing"
+)
+
+// chunkReader returns its data in reads of the given sizes, in turn, as
+// an SSH channel returns packets.
+type chunkReader struct {
+	data  []byte
+	sizes []int
+	i     int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), c.sizes[c.i%len(c.sizes)], len(c.data))
+	c.i++
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// pipeOutput is an Output reading a fresh pipe, and the pipe's write end.
+func pipeOutput(t testing.TB, bufs *buffers) (*Output, *os.File) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); w.Close() })
+	return &Output{f: r, bufs: bufs}, w
+}
+
+// TestInputReadFromBursts: what reaches stdin is what was read, byte for
+// byte, through quiet reads, bursts and their ends in any order.
+func TestInputReadFromBursts(t *testing.T) {
+	data := randomBytes(3<<20 + 12345)
+	for _, sizes := range [][]int{{1}, {quietBuffer}, {32 << 10}, {quietBuffer, 7, 32 << 10, 1, copyBuffer * 2}, {100, quietBuffer - 1, quietBuffer + 1}} {
+		var out bytes.Buffer
+		in := &Input{w: nopCloser{&out}, bufs: &buffers{}}
+		n, err := in.ReadFrom(&chunkReader{data: data, sizes: sizes})
+		if err != nil || n != int64(len(data)) || !bytes.Equal(out.Bytes(), data) {
+			t.Errorf("sizes %v: copied %d of %d, err %v, equal %v", sizes, n, len(data), err, bytes.Equal(out.Bytes(), data))
+		}
+	}
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// TestOutputWriteTo: WriteTo forwards a pipe byte for byte, dropping
+// what came before the marker, and ends at EOF without an error.
+func TestOutputWriteTo(t *testing.T) {
+	bufs := &buffers{}
+	o, w := pipeOutput(t, bufs)
+	marker := "\x1edarling-sshd:test\x1e"
+	o.head = &markerReader{r: o.f, marker: []byte(marker), log: slog.New(slog.DiscardHandler), bufs: bufs}
+	data := randomBytes(5<<20 + 3)
+	go func() {
+		w.Write([]byte("noise from a login shell\n" + marker))
+		w.Write(data)
+		w.Close()
+	}()
+	var out bytes.Buffer
+	n, err := o.WriteTo(&out)
+	if err != nil || n != int64(len(data)) || !bytes.Equal(out.Bytes(), data) {
+		t.Errorf("copied %d of %d, err %v", n, len(data), err)
+	}
+}
+
+// TestOutputWriteToClosed: closing the pipe (CloseOutput) ends a WriteTo
+// that waits for output.
+func TestOutputWriteToClosed(t *testing.T) {
+	o, _ := pipeOutput(t, &buffers{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := o.WriteTo(io.Discard)
+		done <- err
+	}()
+	o.f.Close()
+	if err := <-done; err == nil {
+		t.Error("WriteTo on a closed pipe returned no error")
+	}
+}
+
+// BenchmarkOutputWriteTo is the download path's pipe side: the command
+// writes 256 KiB at a time, WriteTo forwards it.
+func BenchmarkOutputWriteTo(b *testing.B) {
+	o, w := pipeOutput(b, &buffers{})
+	growPipe(w)
+	chunk := make([]byte, 256<<10)
+	b.SetBytes(int64(len(chunk)))
+	go func() {
+		for range b.N {
+			w.Write(chunk)
+		}
+		w.Close()
+	}()
+	b.ResetTimer()
+	if _, err := o.WriteTo(io.Discard); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkInputReadFrom is the upload path's pipe side: the channel
+// returns 32 KiB packets, ReadFrom writes them to the command's stdin.
+func BenchmarkInputReadFrom(b *testing.B) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	growPipe(w)
+	go io.Copy(io.Discard, r)
+	in := &Input{w: w, bufs: &buffers{}}
+	const packet = 32 << 10
+	b.SetBytes(packet)
+	src := &chunkReader{data: make([]byte, packet*b.N), sizes: []int{packet}}
+	b.ResetTimer()
+	if _, err := in.ReadFrom(src); err != nil {
+		b.Fatal(err)
+	}
+	w.Close()
+}
