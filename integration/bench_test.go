@@ -286,8 +286,15 @@ func TestBench(t *testing.T) {
 				}
 				// One session: its start is taken off, as for the transfers.
 				xs = append(xs, time.Since(start).Seconds()-trueTime[b.name])
-				if out, err := exec.Command("ssh", append(sshArgs(b), "nix-store --delete "+storePath)...).CombinedOutput(); err != nil {
-					t.Fatalf("delete on %s: %v\n%s", b.name, err, out)
+				// The remote nix-store may outlive the copy a moment (under
+				// sshd it ends on its own at EOF), holding the path alive.
+				var out []byte
+				if !waitFor(30*time.Second, func() bool {
+					var err error
+					out, err = exec.Command("ssh", append(sshArgs(b), "nix-store --delete "+storePath)...).CombinedOutput()
+					return err == nil
+				}) {
+					t.Fatalf("delete on %s: %s", b.name, out)
 				}
 			}
 			st := summarize(xs)
