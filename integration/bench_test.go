@@ -271,6 +271,8 @@ func TestBench(t *testing.T) {
 	io.Copy(f, io.LimitReader(rand.NewChaCha8([32]byte{9}), 256<<20))
 	f.Close()
 	storePath := strings.TrimSpace(c.run("nix-store", "--store", c.store, "--add", payload))
+	leftovers := map[string]int{}
+	defer func() { t.Logf("nix-store --serve processes left running after nix copy: %v", leftovers) }()
 	for _, v := range []struct{ name, ciphers string }{
 		{"ssh-config ciphers (AES-GCM first)", auth.Ciphers},
 		{"client default ciphers", "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com"},
@@ -286,8 +288,14 @@ func TestBench(t *testing.T) {
 				}
 				// One session: its start is taken off, as for the transfers.
 				xs = append(xs, time.Since(start).Seconds()-trueTime[b.name])
-				// The remote nix-store may outlive the copy a moment (under
-				// sshd it ends on its own at EOF), holding the path alive.
+				// Under sshd the remote nix-store --serve outlives the
+				// copy (Darling started it outside sshd's session), holding
+				// the path alive; it is killed here, and counted.
+				left := procsMatching(func(cl string) bool { return strings.Contains(cl, "nix-store\x00--serve") })
+				for _, p := range left {
+					killPid(p)
+				}
+				leftovers[b.name] += len(left)
 				var out []byte
 				if !waitFor(30*time.Second, func() bool {
 					var err error
