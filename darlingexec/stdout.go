@@ -18,10 +18,10 @@ type markerReader struct {
 	pending []byte // bytes after the marker, not yet returned
 	dropped int
 	log     *slog.Logger
-	bufs    *buffers // lends search its buffer; nil: it allocates one
+	bufs    *buffers // lends search its buffer
 }
 
-// maxSearch bounds the memory used while looking for the marker.
+// searchChunk bounds the memory used while looking for the marker.
 const searchChunk = 32 * 1024
 
 func (m *markerReader) Read(p []byte) (int, error) {
@@ -41,14 +41,9 @@ func (m *markerReader) Read(p []byte) (int, error) {
 // search reads until the marker has passed, keeping at most a chunk and a
 // marker's length in memory.
 func (m *markerReader) search() error {
-	var buf []byte
-	if m.bufs != nil {
-		b := m.bufs.get()
-		defer m.bufs.put(b)
-		buf = (*b)[:searchChunk]
-	} else {
-		buf = make([]byte, searchChunk)
-	}
+	b := m.bufs.get()
+	defer m.bufs.put(b)
+	buf := (*b)[:searchChunk]
 	for {
 		n, err := m.r.Read(buf)
 		m.window = append(m.window, buf[:n]...)

@@ -25,7 +25,7 @@ func TestMarkerReader(t *testing.T) {
 			name string
 			f    func(io.Reader) io.Reader
 		}{{"whole", func(r io.Reader) io.Reader { return r }}, {"byte at a time", iotest.OneByteReader}} {
-			m := &markerReader{r: wrap.f(strings.NewReader(tc.in)), marker: []byte(marker), log: quiet}
+			m := &markerReader{r: wrap.f(strings.NewReader(tc.in)), marker: []byte(marker), log: quiet, bufs: &buffers{}}
 			got, err := io.ReadAll(m)
 			if err != nil || !bytes.Equal(got, []byte(tc.want)) {
 				t.Errorf("%s (%s): got %d bytes %q (%v), want %d bytes", tc.name, wrap.name, len(got), truncate(got), err, len(tc.want))

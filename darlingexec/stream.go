@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -105,9 +106,7 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 // readPooled waits until output is there, holding no buffer, then reads
 // it into one from the pool. The read is tried before waiting: Go's poller
 // is edge-triggered and reports only data that arrives after it was asked.
-func (o *Output) readPooled(rc interface {
-	Read(func(fd uintptr) bool) error
-}) (buf *[]byte, n int, err error) {
+func (o *Output) readPooled(rc syscall.RawConn) (buf *[]byte, n int, err error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		if buf == nil {
@@ -129,7 +128,7 @@ func (o *Output) readPooled(rc interface {
 	switch {
 	case err != nil:
 	case rerr != nil:
-		err = &os.PathError{Op: "read", Path: o.f.Name(), Err: rerr}
+		n, err = 0, &os.PathError{Op: "read", Path: o.f.Name(), Err: rerr}
 	case n <= 0:
 		n, err = 0, io.EOF
 	}
