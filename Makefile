@@ -9,7 +9,7 @@ PORT     ?= 2222
 DEB_PKGS := openssh-client openssh-server nix-bin tmux ssh-audit rsync gcc
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build run test deps vet lint clean soak fuzz bench
+.PHONY: build run test deps vet lint clean soak fuzz bench xcrypto
 
 build:
 	$(GO) build -o $(BIN)/darling-sshd ./cmd/darling-sshd
@@ -63,6 +63,31 @@ vet:
 
 test: deps vet
 	$(GO) test -race -count=1 -timeout 15m ./...
+	cd $(XCRYPTO) && $(GO) vet ./... && $(GO) test -count=1 ./ssh/...
+
+# xcrypto: refresh third_party/x-crypto, the copy of golang.org/x/crypto that
+# go.mod's replace points to, from upstream XCRYPTO_VERSION plus our patch
+# (see third_party/README.md). Only the packages the build and x/crypto/ssh's
+# tests import are kept.
+XCRYPTO         := third_party/x-crypto
+XCRYPTO_VERSION := v0.59.0
+XCRYPTO_PKGS    := blowfish chacha20 cryptobyte cryptobyte/asn1 curve25519 internal/alias \
+	internal/poly1305 ssh/internal/bcrypt_pbkdf ssh/knownhosts ssh/terminal
+xcrypto:
+	@set -e; \
+	src=$$(GOFLAGS=-mod=mod $(GO) mod download -json golang.org/x/crypto@$(XCRYPTO_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	test -d "$$src"; \
+	rm -rf $(XCRYPTO); mkdir -p $(XCRYPTO)/ssh/testdata; \
+	cp "$$src"/go.mod "$$src"/go.sum "$$src"/LICENSE "$$src"/PATENTS $(XCRYPTO)/; \
+	for d in $(XCRYPTO_PKGS); do \
+		mkdir -p $(XCRYPTO)/$$d; \
+		find "$$src"/$$d -maxdepth 1 -type f ! -name '*_test.go' -exec cp {} $(XCRYPTO)/$$d/ \; ; \
+	done; \
+	find "$$src"/ssh -maxdepth 1 -type f -exec cp {} $(XCRYPTO)/ssh/ \; ; \
+	cp "$$src"/ssh/testdata/*.go $(XCRYPTO)/ssh/testdata/; \
+	chmod -R u+w $(XCRYPTO); \
+	patch -d $(XCRYPTO) -p1 --no-backup-if-mismatch < third_party/x-crypto-gcm-one-write.patch; \
+	echo "$(XCRYPTO): golang.org/x/crypto $(XCRYPTO_VERSION) + third_party/x-crypto-gcm-one-write.patch"
 
 # soak: 10,000 sequential connections and 200 concurrent sessions against
 # one server; its files, goroutines and memory must return to where they
@@ -89,7 +114,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzScript -fuzztime $(FUZZTIME) ./darlingexec
 
 lint: vet
-	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	@out=$$(gofmt -l $$($(GO) list -f "{{.Dir}}" ./...)); test -z "$$out" || { echo "$$out"; echo "gofmt needed"; exit 1; }
 	$(GO) run $(STATICCHECK) ./...
 
 clean:

@@ -15,3 +15,5 @@ require (
 	github.com/anmitsu/go-shlex v0.0.0-20200514113438-38f4b401e2be // indirect
 	github.com/kr/fs v0.1.0 // indirect
 )
+
+replace golang.org/x/crypto => ./third_party/x-crypto
