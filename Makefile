@@ -66,11 +66,12 @@ test: deps vet
 	cd $(XCRYPTO) && $(GO) vet ./... && $(GO) test -count=1 ./ssh/...
 
 # xcrypto: refresh third_party/x-crypto, the copy of golang.org/x/crypto that
-# go.mod's replace points to, from upstream XCRYPTO_VERSION plus our patch
+# go.mod's replace points to, from upstream XCRYPTO_VERSION plus our patches
 # (see third_party/README.md). Only the packages the build and x/crypto/ssh's
 # tests import are kept.
 XCRYPTO         := third_party/x-crypto
 XCRYPTO_VERSION := v0.59.0
+XCRYPTO_PATCHES := $(sort $(wildcard third_party/x-crypto-*.patch))
 XCRYPTO_PKGS    := blowfish chacha20 cryptobyte cryptobyte/asn1 curve25519 internal/alias \
 	internal/poly1305 ssh/internal/bcrypt_pbkdf ssh/knownhosts ssh/terminal
 xcrypto:
@@ -86,8 +87,8 @@ xcrypto:
 	find "$$src"/ssh -maxdepth 1 -type f -exec cp {} $(XCRYPTO)/ssh/ \; ; \
 	cp "$$src"/ssh/testdata/*.go $(XCRYPTO)/ssh/testdata/; \
 	chmod -R u+w $(XCRYPTO); \
-	patch -d $(XCRYPTO) -p1 --no-backup-if-mismatch < third_party/x-crypto-gcm-one-write.patch; \
-	echo "$(XCRYPTO): golang.org/x/crypto $(XCRYPTO_VERSION) + third_party/x-crypto-gcm-one-write.patch"
+	for p in $(XCRYPTO_PATCHES); do patch -d $(XCRYPTO) -p1 --no-backup-if-mismatch < $$p; done; \
+	echo "$(XCRYPTO): golang.org/x/crypto $(XCRYPTO_VERSION) + $(XCRYPTO_PATCHES)"
 
 # soak: 10,000 sequential connections and 200 concurrent sessions against
 # one server; its files, goroutines and memory must return to where they

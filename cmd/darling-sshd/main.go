@@ -13,7 +13,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -50,18 +49,8 @@ const (
 )
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		// x/crypto allocates every packet it reads: at Go's default of
-		// 100 an upload runs the collector every 4 MiB, and returning and
-		// refaulting that memory cost a third of the server's CPU (make
-		// bench, upload 3.9 -> 2.7 CPU-s/GiB). GOGC still overrides.
-		debug.SetGCPercent(gcPercent)
-	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
-
-// gcPercent is the server's GOGC unless the environment sets one.
-const gcPercent = 200
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {

@@ -26,6 +26,9 @@ type buffer struct {
 type element struct {
 	buf  []byte
 	next *element
+	// packet is the whole packet buf is part of, for recyclePacket once
+	// buf has been read, or nil.
+	packet []byte
 }
 
 // newBuffer returns an empty buffer that is not closed.
@@ -41,9 +44,11 @@ func newBuffer() *buffer {
 
 // write makes buf available for Read to receive.
 // buf must not be modified after the call to write.
-func (b *buffer) write(buf []byte) {
+// write appends buf to the buffer. If packet is not nil, buf is part of
+// it and nothing else refers to packet: it is recycled once buf is read.
+func (b *buffer) write(buf, packet []byte) {
 	b.Cond.L.Lock()
-	e := &element{buf: buf}
+	e := &element{buf: buf, packet: packet}
 	b.tail.next = e
 	b.tail = e
 	b.Cond.Signal()
@@ -71,6 +76,10 @@ func (b *buffer) Read(buf []byte) (n int, err error) {
 			r := copy(buf, b.head.buf)
 			buf, b.head.buf = buf[r:], b.head.buf[r:]
 			n += r
+			if len(b.head.buf) == 0 && b.head.packet != nil {
+				recyclePacket(b.head.packet)
+				b.head.buf, b.head.packet = nil, nil
+			}
 			continue
 		}
 		// if there is a next buffer, make it the head

@@ -6,6 +6,7 @@ package ssh
 
 import (
 	"io"
+	"runtime"
 	"testing"
 )
 
@@ -13,29 +14,29 @@ var alphabet = []byte("abcdefghijklmnopqrstuvwxyz")
 
 func TestBufferReadwrite(t *testing.T) {
 	b := newBuffer()
-	b.write(alphabet[:10])
+	b.write(alphabet[:10], nil)
 	r, _ := b.Read(make([]byte, 10))
 	if r != 10 {
 		t.Fatalf("Expected written == read == 10, written: 10, read %d", r)
 	}
 
 	b = newBuffer()
-	b.write(alphabet[:5])
+	b.write(alphabet[:5], nil)
 	r, _ = b.Read(make([]byte, 10))
 	if r != 5 {
 		t.Fatalf("Expected written == read == 5, written: 5, read %d", r)
 	}
 
 	b = newBuffer()
-	b.write(alphabet[:10])
+	b.write(alphabet[:10], nil)
 	r, _ = b.Read(make([]byte, 5))
 	if r != 5 {
 		t.Fatalf("Expected written == 10, read == 5, written: 10, read %d", r)
 	}
 
 	b = newBuffer()
-	b.write(alphabet[:5])
-	b.write(alphabet[5:15])
+	b.write(alphabet[:5], nil)
+	b.write(alphabet[5:15], nil)
 	r, _ = b.Read(make([]byte, 10))
 	r2, _ := b.Read(make([]byte, 10))
 	if r != 10 || r2 != 5 || r+r2 != 15 {
@@ -45,14 +46,14 @@ func TestBufferReadwrite(t *testing.T) {
 
 func TestBufferClose(t *testing.T) {
 	b := newBuffer()
-	b.write(alphabet[:10])
+	b.write(alphabet[:10], nil)
 	b.eof()
 	_, err := b.Read(make([]byte, 5))
 	if err != nil {
 		t.Fatal("expected read of 5 to not return EOF")
 	}
 	b = newBuffer()
-	b.write(alphabet[:10])
+	b.write(alphabet[:10], nil)
 	b.eof()
 	r, err := b.Read(make([]byte, 5))
 	r2, err2 := b.Read(make([]byte, 10))
@@ -61,7 +62,7 @@ func TestBufferClose(t *testing.T) {
 	}
 
 	b = newBuffer()
-	b.write(alphabet[:10])
+	b.write(alphabet[:10], nil)
 	b.eof()
 	r, err = b.Read(make([]byte, 5))
 	r2, err2 = b.Read(make([]byte, 10))
@@ -71,8 +72,8 @@ func TestBufferClose(t *testing.T) {
 	}
 
 	b = newBuffer()
-	b.write(make([]byte, 5))
-	b.write(make([]byte, 10))
+	b.write(make([]byte, 5), nil)
+	b.write(make([]byte, 10), nil)
 	b.eof()
 	r, err = b.Read(make([]byte, 9))
 	r2, err2 = b.Read(make([]byte, 3))
@@ -83,5 +84,56 @@ func TestBufferClose(t *testing.T) {
 	}
 	if r != 9 || r2 != 3 || r3 != 3 || r4 != 0 {
 		t.Fatal("Expected written == read == 15", r, r2, r3, r4)
+	}
+}
+
+func TestBufferRecyclesPackets(t *testing.T) {
+	b := newBuffer()
+	out := make([]byte, channelMaxPacket)
+	const runs = 100
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < runs; i++ {
+		packet := newPacket(9 + channelMaxPacket)
+		data := packet[9:]
+		for j := range data {
+			data[j] = byte(i)
+		}
+		b.write(data, packet)
+		// Read it in two parts: the packet must not go back to the
+		// pool before the last part is read.
+		n, err := b.Read(out[:100])
+		if err != nil || n != 100 {
+			t.Fatalf("Read = %d, %v", n, err)
+		}
+		if b.head.packet == nil {
+			t.Fatal("packet recycled before all of it was read")
+		}
+		n, err = b.Read(out[100:])
+		if err != nil || n != len(data)-100 {
+			t.Fatalf("Read = %d, %v", n, err)
+		}
+		if b.head.packet != nil {
+			t.Fatal("packet not recycled once read")
+		}
+		for j, c := range out {
+			if c != byte(i) {
+				t.Fatalf("run %d: byte %d is %d", i, j, c)
+			}
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// Without recycling every run allocates a packet.
+	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > pooledPacketSize/2 {
+		t.Errorf("%d bytes allocated per packet read, want < %d", perRun, pooledPacketSize/2)
+	}
+}
+
+func TestNewPacketSmallNotPooled(t *testing.T) {
+	if p := newPacket(100); cap(p) == pooledPacketSize {
+		t.Error("a 100-byte packet came from the pool")
+	}
+	if p := newPacket(pooledPacketSize + 1); len(p) != pooledPacketSize+1 {
+		t.Errorf("newPacket(%d) has length %d", pooledPacketSize+1, len(p))
 	}
 }
