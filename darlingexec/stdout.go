@@ -21,9 +21,6 @@ type markerReader struct {
 	bufs    *buffers // lends search its buffer
 }
 
-// searchChunk bounds the memory used while looking for the marker.
-const searchChunk = 32 * 1024
-
 func (m *markerReader) Read(p []byte) (int, error) {
 	if !m.found {
 		if err := m.search(); err != nil {
@@ -38,12 +35,12 @@ func (m *markerReader) Read(p []byte) (int, error) {
 	return m.r.Read(p)
 }
 
-// search reads until the marker has passed, keeping at most a chunk and a
-// marker's length in memory.
+// search reads until the marker has passed, keeping at most a quiet
+// buffer and a marker's length in memory.
 func (m *markerReader) search() error {
-	b := m.bufs.get()
+	b := m.bufs.get(false)
 	defer m.bufs.put(b)
-	buf := (*b)[:searchChunk]
+	buf := *b
 	for {
 		n, err := m.r.Read(buf)
 		m.window = append(m.window, buf[:n]...)

@@ -10,27 +10,51 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// copyBuffer is the size of the buffers that carry a busy stream. Large
+// copyBuffer is the size of the buffers that carry a burst of data. Large
 // reads and writes cross a bulk transfer (a store path) in few system
 // calls; the buffers are lent from a pool only while data flows, so an
 // idle session holds none.
 const copyBuffer = 256 << 10
 
-// quietBuffer is what Input.ReadFrom reads with while the stream is quiet.
+// quietBuffer is the size of the buffers a quiet stream reads with: the
+// first read after a wait, and what Input.ReadFrom waits with. A read that
+// fills one starts a burst. Sessions that start together each read their
+// first few bytes with one of these rather than pinning a copyBuffer.
 const quietBuffer = 4 << 10
 
 // buffers lends copy buffers to the streams of all sessions.
-type buffers struct{ pool sync.Pool }
+type buffers struct{ big, quiet sync.Pool }
 
-func (b *buffers) get() *[]byte {
-	if p, ok := b.pool.Get().(*[]byte); ok {
+// get lends a copyBuffer during a burst, else a quietBuffer.
+func (b *buffers) get(burst bool) *[]byte {
+	pool, size := &b.quiet, quietBuffer
+	if burst {
+		pool, size = &b.big, copyBuffer
+	}
+	if p, ok := pool.Get().(*[]byte); ok {
 		return p
 	}
-	buf := make([]byte, copyBuffer)
+	buf := make([]byte, size)
 	return &buf
 }
 
-func (b *buffers) put(p *[]byte) { b.pool.Put(p) }
+// put takes back a buffer from get.
+func (b *buffers) put(p *[]byte) {
+	if len(*p) == copyBuffer {
+		b.big.Put(p)
+	} else {
+		b.quiet.Put(p)
+	}
+}
+
+// stillBursting reports whether a stream is in a burst after a read of n
+// bytes into buf, made during a burst or not.
+func stillBursting(burst bool, n int, buf []byte) bool {
+	if burst {
+		return n >= quietBuffer
+	}
+	return n == len(buf)
+}
 
 // Output is one of the command's output streams: a pipe, or the terminal.
 // It is read through Go's poller and WriteTo takes a buffer only once
@@ -84,8 +108,9 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 	if err != nil {
 		return total, err
 	}
+	burst := false
 	for {
-		buf, n, err := o.readPooled(rc)
+		buf, n, err := o.readPooled(rc, burst)
 		if n > 0 {
 			nw, werr := w.Write((*buf)[:n])
 			total += int64(nw)
@@ -95,6 +120,7 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 			}
 		}
 		if buf != nil {
+			burst = stillBursting(burst, n, *buf)
 			o.bufs.put(buf)
 		}
 		if err != nil {
@@ -104,13 +130,13 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 }
 
 // readPooled waits until output is there, holding no buffer, then reads
-// it into one from the pool. The read is tried before waiting: Go's poller
+// it into one from the pool, a big one if a burst is on. The read is tried before waiting: Go's poller
 // is edge-triggered and reports only data that arrives after it was asked.
-func (o *Output) readPooled(rc syscall.RawConn) (buf *[]byte, n int, err error) {
+func (o *Output) readPooled(rc syscall.RawConn, burst bool) (buf *[]byte, n int, err error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {
 		if buf == nil {
-			buf = o.bufs.get()
+			buf = o.bufs.get(burst)
 		}
 		for {
 			n, rerr = unix.Read(int(fd), *buf)
@@ -170,11 +196,11 @@ func (in *Input) ReadFrom(r io.Reader) (int64, error) {
 				return total, werr
 			}
 		}
-		switch {
-		case big == nil && n == len(buf):
-			big = in.bufs.get()
+		switch burst := stillBursting(big != nil, n, buf); {
+		case burst && big == nil:
+			big = in.bufs.get(true)
 			buf = *big
-		case big != nil && n < quietBuffer:
+		case !burst && big != nil:
 			in.bufs.put(big)
 			big, buf = nil, quiet
 		}

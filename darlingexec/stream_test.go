@@ -85,6 +85,45 @@ func TestOutputWriteTo(t *testing.T) {
 	}
 }
 
+// TestOutputQuietBuffers: a stream that brings a few bytes at a time is
+// read with quiet buffers only (sessions starting together must not each
+// pin a copy buffer); one that fills them moves on to copy buffers.
+func TestOutputQuietBuffers(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		writes  [][]byte
+		wantBig bool
+	}{
+		{"quiet", [][]byte{[]byte("hello\n"), []byte("world\n")}, false},
+		{"burst", [][]byte{randomBytes(1 << 20)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bufs := &buffers{}
+			big := 0
+			bufs.big.New = func() any {
+				big++
+				b := make([]byte, copyBuffer)
+				return &b
+			}
+			o, w := pipeOutput(t, bufs)
+			growPipe(w)
+			var want bytes.Buffer
+			for _, p := range tc.writes {
+				w.Write(p)
+				want.Write(p)
+			}
+			w.Close()
+			var out bytes.Buffer
+			if _, err := o.WriteTo(&out); err != nil || !bytes.Equal(out.Bytes(), want.Bytes()) {
+				t.Fatalf("copied %d of %d bytes, err %v", out.Len(), want.Len(), err)
+			}
+			if got := big > 0; got != tc.wantBig {
+				t.Errorf("%d copy buffers taken, want some: %v", big, tc.wantBig)
+			}
+		})
+	}
+}
+
 // TestOutputWriteToClosed: closing the pipe (CloseOutput) ends a WriteTo
 // that waits for output.
 func TestOutputWriteToClosed(t *testing.T) {
