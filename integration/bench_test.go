@@ -316,16 +316,27 @@ func TestBench(t *testing.T) {
 		before := b.rss()
 		ctx, cancel := context.WithCancel(context.Background())
 		var cmds []*exec.Cmd
+		// An odd duration marks this run's commands among the processes.
+		idle := []string{"sleep", "600.25"}
+		base := len(procsWithArgs(idle...))
 		for range 100 {
-			c := exec.CommandContext(ctx, "ssh", append(sshArgs(b), "sleep 600")...)
+			c := exec.CommandContext(ctx, "ssh", append(sshArgs(b), strings.Join(idle, " "))...)
 			c.Start()
 			cmds = append(cmds, c)
 		}
-		time.Sleep(5 * time.Second) // let them all log in
+		// Measured once every session's command runs: all have logged in.
+		if !waitFor(60*time.Second, func() bool { return len(procsWithArgs(idle...)) >= base+100 }) {
+			t.Fatalf("%s: only %d of 100 idle sessions started", b.name, len(procsWithArgs(idle...))-base)
+		}
 		per := float64(b.rss()-before) / 100
 		cancel()
 		for _, c := range cmds {
 			c.Wait()
+		}
+		// Commands that outlive their client (under sshd) are not left
+		// to sleep for ten minutes.
+		for _, p := range procsWithArgs(idle...) {
+			killPid(p)
 		}
 		return per, fmt.Sprintf("%.0f", per)
 	})

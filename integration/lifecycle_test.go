@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -167,11 +168,17 @@ func TestColdStartFixtureHoldsStdout(t *testing.T) {
 	prefix := tempPrefix(t)
 	cmd := exec.Command(bins.standin, "--prefix", prefix, "shell", "echo", "hello")
 	cmd.Env = []string{"HOME=/root", "PATH=/usr/bin:/bin"}
-	stdout, err := cmd.StdoutPipe()
+	// Our own pipe, not StdoutPipe: Wait closes that one, and then the
+	// read end would be ours to close, not the container's to hold.
+	stdout, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	defer stdout.Close()
+	cmd.Stdout = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
 		t.Fatal(err)
 	}
 	// Read until the command's own output arrived; the launcher exits.
@@ -191,19 +198,17 @@ func TestColdStartFixtureHoldsStdout(t *testing.T) {
 		t.Fatalf("launcher: %v", err)
 	}
 	// The launcher has exited, yet stdout stays open: the container holds
-	// it. Shutting the container down releases it.
-	eof := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, stdout)
-		close(eof)
-	}()
-	select {
-	case <-eof:
-		t.Fatal("stdout reached EOF although the container holds it")
-	default:
+	// it, so a read waits (here until its deadline) instead of seeing EOF.
+	stdout.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := io.Copy(io.Discard, stdout); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("stdout ended (%v) although the container holds it", err)
 	}
+	// Shutting the container down releases it.
+	stdout.SetReadDeadline(time.Time{})
 	exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
-	<-eof
+	if _, err := io.Copy(io.Discard, stdout); err != nil {
+		t.Errorf("stdout after shutdown: %v", err)
+	}
 }
 
 // TestColdPrefixWarmUp: every server here starts on a prefix that does not
