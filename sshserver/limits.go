@@ -40,6 +40,7 @@ func (s *Server) connCallback(ctx gliderssh.Context, conn net.Conn) net.Conn {
 			"remote", remote, "unauthenticated", n-1)
 		return nil
 	}
+	s.trim.opened(ctx)
 	pa := &preauth{}
 	ctx.SetValue(preauthKey{}, pa)
 	s.preauth.Store(remote, pa)

@@ -83,6 +83,8 @@ type Server struct {
 	perConn sync.Map // *gossh.ServerConn -> *connState
 	// execSlots bounds running exec sessions (--max-exec); nil: no bound.
 	execSlots chan struct{}
+	// trim returns memory to the kernel when connections stop coming.
+	trim *idleTrim
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -134,6 +136,7 @@ func New(opts Options) (*Server, error) {
 		rand:      rand.IntN,
 		ctx:       ctx,
 		cancel:    cancel,
+		trim:      newIdleTrim(trimDelay, freeOSMemory),
 	}
 	s.keys.Store(keys)
 	if opts.MaxExec > 0 {
@@ -394,6 +397,7 @@ func (s *Server) Close() {
 		}
 	}
 	s.cancel()
+	s.trim.stop()
 	// A client that does not read can hold a session's last writes;
 	// closing its connection releases them.
 	select {
