@@ -9,7 +9,7 @@
   pname = "darling-sshd";
   version = "0.1.0";
   src = lib.cleanSource ./..;
-  vendorHash = "sha256-DEGEU3TNl6ZRV4KWS+JZwCkKgU4ldlBjrsrkh6yEYZU=";
+  vendorHash = "sha256-fmAjljeQMznu+6o6EsuJqsOYuUHwhozBircCIMZCLP4=";
   subPackages = [ "cmd/darling-sshd" ];
   # The tests need root, namespaces, OpenSSH and Nix: they run in `make test`.
   doCheck = false;

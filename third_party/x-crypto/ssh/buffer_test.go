@@ -91,10 +91,11 @@ func TestBufferRecyclesPackets(t *testing.T) {
 	b := newBuffer()
 	out := make([]byte, channelMaxPacket)
 	const runs = 100
+	template := dataPacket(channelMaxPacket)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
 	for i := 0; i < runs; i++ {
-		packet := newPacket(9 + channelMaxPacket)
+		packet := newPacket(template)
 		data := packet[9:]
 		for j := range data {
 			data[j] = byte(i)
@@ -129,11 +130,28 @@ func TestBufferRecyclesPackets(t *testing.T) {
 	}
 }
 
-func TestNewPacketSmallNotPooled(t *testing.T) {
-	if p := newPacket(100); cap(p) == pooledPacketSize {
-		t.Error("a 100-byte packet came from the pool")
+// dataPacket returns a channel data packet carrying n bytes.
+func dataPacket(n int) []byte {
+	p := make([]byte, 9+n)
+	p[0] = msgChannelData
+	return p
+}
+
+func TestNewPacketPoolsOnlyBulkData(t *testing.T) {
+	if p := newPacket(dataPacket(channelMaxPacket)); cap(p) != pooledPacketSize {
+		t.Errorf("a %d-byte data packet did not come from the pool", len(p))
 	}
-	if p := newPacket(pooledPacketSize + 1); len(p) != pooledPacketSize+1 {
-		t.Errorf("newPacket(%d) has length %d", pooledPacketSize+1, len(p))
+	if p := newPacket(dataPacket(100)); cap(p) != len(p) {
+		t.Error("a 100-byte data packet came from the pool")
+	}
+	// Other messages are unmarshaled into []byte fields the application
+	// gets; a pooled buffer's capacity would show it stale bytes.
+	req := make([]byte, 20000)
+	req[0] = msgChannelRequest
+	if p := newPacket(req); cap(p) != len(p) {
+		t.Error("a 20000-byte channel request came from the pool")
+	}
+	if p := newPacket(dataPacket(pooledPacketSize)); len(p) != 9+pooledPacketSize || cap(p) != len(p) {
+		t.Errorf("an oversized data packet: length %d, capacity %d", len(p), cap(p))
 	}
 }

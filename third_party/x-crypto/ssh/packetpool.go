@@ -27,16 +27,21 @@ var packetPool = sync.Pool{
 	New: func() any { return new([pooledPacketSize]byte) },
 }
 
-// newPacket returns a slice of length n for a packet, from packetPool if n
-// is the size of bulk channel data.
-func newPacket(n int) []byte {
-	if n < pooledPacketMin || n > pooledPacketSize {
+// newPacket returns a slice as long as packet to copy it into, from
+// packetPool if packet is bulk channel data. Only channel data is pooled:
+// it never leaves this package (channel reads copy it out), whereas other
+// messages are unmarshaled into []byte fields that reach the application,
+// and a pooled buffer's capacity would show it another packet's bytes.
+func newPacket(packet []byte) []byte {
+	n := len(packet)
+	if n < pooledPacketMin || n > pooledPacketSize ||
+		(packet[0] != msgChannelData && packet[0] != msgChannelExtendedData) {
 		return make([]byte, n)
 	}
 	return packetPool.Get().(*[pooledPacketSize]byte)[:n]
 }
 
-// recyclePacket puts packet, which came from newPacket and which nothing
+// recyclePacket puts packet, channel data from newPacket which nothing
 // refers to any more, back in packetPool if it came from there.
 func recyclePacket(packet []byte) {
 	if cap(packet) != pooledPacketSize {

@@ -172,9 +172,9 @@ func (s *connectionState) readPacket(r *bufio.Reader, strictMode bool) ([]byte, 
 	}
 
 	// The packet may point to an internal buffer, so copy the
-	// packet out here, into a pooled buffer if it is the size of bulk
-	// channel data (see newPacket).
-	fresh := newPacket(len(packet))
+	// packet out here, into a pooled buffer if it is bulk channel
+	// data (see newPacket).
+	fresh := newPacket(packet)
 	copy(fresh, packet)
 
 	return fresh, err
