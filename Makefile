@@ -67,8 +67,8 @@ test: deps vet
 
 # xcrypto: refresh third_party/x-crypto, the copy of golang.org/x/crypto that
 # go.mod's replace points to, from upstream XCRYPTO_VERSION plus our patches
-# (see third_party/README.md). Only the packages the build and x/crypto/ssh's
-# tests import are kept.
+# (see third_party/README.md), gofmt'd like the rest of the tree. Only the
+# packages the build and x/crypto/ssh's tests import are kept.
 XCRYPTO         := third_party/x-crypto
 XCRYPTO_VERSION := v0.59.0
 XCRYPTO_PATCHES := $(sort $(wildcard third_party/x-crypto-*.patch))
@@ -88,6 +88,7 @@ xcrypto:
 	cp "$$src"/ssh/testdata/*.go $(XCRYPTO)/ssh/testdata/; \
 	chmod -R u+w $(XCRYPTO); \
 	for p in $(XCRYPTO_PATCHES); do patch -d $(XCRYPTO) -p1 --no-backup-if-mismatch < $$p; done; \
+	gofmt -w $(XCRYPTO); \
 	echo "$(XCRYPTO): golang.org/x/crypto $(XCRYPTO_VERSION) + $(XCRYPTO_PATCHES)"
 
 # soak: 10,000 sequential connections and 200 concurrent sessions against
@@ -115,7 +116,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzScript -fuzztime $(FUZZTIME) ./darlingexec
 
 lint: vet
-	@out=$$(gofmt -l $$($(GO) list -f "{{.Dir}}" ./...)); test -z "$$out" || { echo "$$out"; echo "gofmt needed"; exit 1; }
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) run $(STATICCHECK) ./...
 
 clean:
