@@ -130,8 +130,9 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 }
 
 // readPooled waits until output is there, holding no buffer, then reads
-// it into one from the pool, a big one if a burst is on. The read is tried before waiting: Go's poller
-// is edge-triggered and reports only data that arrives after it was asked.
+// it into one from the pool, a big one if a burst is on. The read is
+// tried before waiting: Go's poller is edge-triggered and reports only
+// data that arrives after it was asked.
 func (o *Output) readPooled(rc syscall.RawConn, burst bool) (buf *[]byte, n int, err error) {
 	var rerr error
 	err = rc.Read(func(fd uintptr) bool {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -136,7 +137,7 @@ func New(opts Options) (*Server, error) {
 		rand:      rand.IntN,
 		ctx:       ctx,
 		cancel:    cancel,
-		trim:      newIdleTrim(trimDelay, freeOSMemory),
+		trim:      newIdleTrim(trimDelay, debug.FreeOSMemory),
 	}
 	s.keys.Store(keys)
 	if opts.MaxExec > 0 {

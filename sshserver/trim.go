@@ -2,7 +2,6 @@ package sshserver
 
 import (
 	"context"
-	"runtime/debug"
 	"sync/atomic"
 	"time"
 )
@@ -50,6 +49,3 @@ func (t *idleTrim) fire() {
 
 // stop cancels a pending trim.
 func (t *idleTrim) stop() { t.timer.Stop() }
-
-// freeOSMemory is the trim the server uses.
-func freeOSMemory() { debug.FreeOSMemory() }
