@@ -9,7 +9,6 @@ import (
 	"net"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,9 +19,10 @@ import (
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
 
-// session is one "session" channel. A single goroutine (serve) reads the
-// channel's requests in order; the command, once started, runs in another
-// (run), which owns the output pumps and the exit frames.
+// session is one "session" channel. One goroutine (serve) reads the
+// channel's requests in order and, once a command runs, also waits for it
+// (run): an idle session is its output pumps and this one goroutine, as a
+// goroutine's stack is most of what an idle session costs.
 type session struct {
 	s        *Server
 	ch       gossh.Channel
@@ -32,16 +32,12 @@ type session struct {
 	envBytes int      // their size, bounded by maxEnvBytes
 
 	started bool
-	opts    auth.KeyOptions // of the key the connection logged in with
-	pty     *ptyRequest     // from pty-req, before the command starts
-	gone    chan struct{}   // closed when the peer closed the channel or the connection died
-
-	// mu guards proc and size: window-change comes on serve's goroutine,
-	// the process on run's.
-	mu      sync.Mutex
-	proc    *darlingexec.Process
-	size    *windowChange // the latest size, until proc exists
-	runDone chan struct{} // closed when run has returned
+	opts    auth.KeyOptions      // of the key the connection logged in with
+	pty     *ptyRequest          // from pty-req, before the command starts
+	size    *windowChange        // the latest size, until proc exists
+	proc    *darlingexec.Process // the command, once it runs
+	gone    chan struct{}        // closed when the peer closed the channel or the connection died
+	runDone chan struct{}        // closed when an SFTP session's goroutine has returned
 }
 
 // handleSession serves a "session" channel. It replaces gliderlabs' stock
@@ -80,62 +76,87 @@ func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc g
 
 // serve answers the channel's requests until the channel is closed. It
 // never blocks on the command: x/crypto stalls the whole connection when a
-// channel's request queue is full.
+// channel's request queue is full. A command it starts runs under run,
+// which goes on answering requests until the command has ended.
 func (se *session) serve(reqs <-chan *gossh.Request) {
 	for req := range reqs {
-		ok := false
-		switch req.Type {
-		case "env":
-			ok = se.setEnv(req.Payload)
-		case "pty-req":
-			ok = se.setPty(req.Payload)
-		case "window-change":
-			ok = se.windowChange(req.Payload)
-		case "exec":
-			var p struct{ Command string }
-			if err := gossh.Unmarshal(req.Payload, &p); err != nil || se.started {
-				break
-			}
-			ok = true
-			se.start(req, darlingexec.Request{Command: p.Command})
-			continue
-		case "subsystem":
-			var sub struct{ Name string }
-			if err := gossh.Unmarshal(req.Payload, &sub); err != nil || se.started {
-				break
-			}
-			if se.opts.Command != nil {
-				// A forced command runs for subsystems too.
-				ok = true
-				se.start(req, darlingexec.Request{Command: sub.Name})
-				continue
-			}
-			if sub.Name != "sftp" {
-				se.log.Info("subsystem refused", "name", truncate(sub.Name, 64))
-				break
-			}
-			se.startSFTP(req)
-			continue
-		case "shell":
-			if se.started {
-				break
-			}
-			ok = true
-			se.start(req, darlingexec.Request{Shell: true})
+		r, ok := se.handle(req)
+		if !ok {
 			continue
 		}
-		if req.WantReply {
-			_ = req.Reply(ok, nil)
+		if !se.s.startRun() {
+			se.finishWithError("server is shutting down")
+			continue
 		}
+		func() {
+			defer se.s.runs.Done()
+			se.run(r, reqs)
+		}()
 	}
-	close(se.gone)
+	se.peerGone()
 	if se.runDone != nil {
 		<-se.runDone
 	}
 }
 
-// start replies to the exec or shell request and runs the command.
-func (se *session) start(req *gossh.Request, r darlingexec.Request) {
+// peerGone records that the channel's requests have ended: the peer
+// closed the channel or the connection died.
+func (se *session) peerGone() {
+	select {
+	case <-se.gone:
+	default:
+		close(se.gone)
+	}
+}
+
+// handle answers one request. For an exec or shell request, or a
+// subsystem under a forced command, it replies and returns the command to
+// run instead.
+func (se *session) handle(req *gossh.Request) (r darlingexec.Request, run bool) {
+	ok := false
+	switch req.Type {
+	case "env":
+		ok = se.setEnv(req.Payload)
+	case "pty-req":
+		ok = se.setPty(req.Payload)
+	case "window-change":
+		ok = se.windowChange(req.Payload)
+	case "exec":
+		var p struct{ Command string }
+		if err := gossh.Unmarshal(req.Payload, &p); err != nil || se.started {
+			break
+		}
+		return se.start(req, darlingexec.Request{Command: p.Command}), true
+	case "subsystem":
+		var sub struct{ Name string }
+		if err := gossh.Unmarshal(req.Payload, &sub); err != nil || se.started {
+			break
+		}
+		if se.opts.Command != nil {
+			// A forced command runs for subsystems too.
+			return se.start(req, darlingexec.Request{Command: sub.Name}), true
+		}
+		if sub.Name != "sftp" {
+			se.log.Info("subsystem refused", "name", truncate(sub.Name, 64))
+			break
+		}
+		se.startSFTP(req)
+		return r, false
+	case "shell":
+		if se.started {
+			break
+		}
+		return se.start(req, darlingexec.Request{Shell: true}), true
+	}
+	if req.WantReply {
+		_ = req.Reply(ok, nil)
+	}
+	return r, false
+}
+
+// start replies to the exec or shell request and returns the command to
+// run: the client's, or the key's forced command.
+func (se *session) start(req *gossh.Request, r darlingexec.Request) darlingexec.Request {
 	se.started = true
 	if req.WantReply {
 		_ = req.Reply(true, nil)
@@ -157,31 +178,25 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) {
 	if se.pty != nil {
 		r.PTY = se.pty.pty()
 	}
-	se.launch(func() { se.run(r) }, nil)
+	return r
 }
 
-// launch runs work in its own goroutine, counted among the server's
-// running sessions; once the server is closing, the session is refused
-// with exit status 255 instead and cleanup runs.
+// launch runs an SFTP session in its own goroutine, counted among the
+// server's running sessions; once the server is closing, the session is
+// refused with exit status 255 instead and cleanup runs.
 func (se *session) launch(work, cleanup func()) {
 	se.runDone = make(chan struct{})
 	if !se.s.startRun() {
-		if cleanup != nil {
-			cleanup()
-		}
-		go func() {
-			defer close(se.runDone)
-			se.finishWithError("server is shutting down")
-		}()
+		cleanup()
+		close(se.runDone)
+		se.finishWithError("server is shutting down")
 		return
 	}
 	go func() {
 		defer se.s.runs.Done()
 		defer close(se.runDone)
 		defer se.recoverPanic()
-		if cleanup != nil {
-			defer cleanup()
-		}
+		defer cleanup()
 		work()
 	}()
 }
@@ -211,8 +226,6 @@ func (se *session) windowChange(payload []byte) bool {
 	if err := gossh.Unmarshal(payload, &w); err != nil {
 		return false
 	}
-	se.mu.Lock()
-	defer se.mu.Unlock()
 	if se.proc != nil {
 		return se.proc.Resize(clampSize(w.Cols), clampSize(w.Rows)) == nil
 	}
@@ -232,42 +245,93 @@ func (se *session) connEnv() []string {
 
 // run starts the command and pumps its stdio until it has exited and its
 // output is drained, then sends the exit frames in OpenSSH sshd's order:
-// all data, exit-status (or exit-signal), EOF, close.
-func (se *session) run(r darlingexec.Request) {
-	log := se.log
-	if slots := se.s.execSlots; slots != nil && !r.Shell {
+// all data, exit-status (or exit-signal), EOF, close. It answers the
+// channel's requests all along, and returns with them possibly still open.
+func (se *session) run(r darlingexec.Request, reqs <-chan *gossh.Request) {
+	// The command starts in its own goroutine: it may wait for an exec
+	// slot or for the prefix to warm, and requests must not.
+	startc := make(chan started, 1)
+	go func() {
+		st := started{err: errors.New("internal error")}
+		defer func() { startc <- st }()
+		defer se.recoverPanic()
+		st = se.startCommand(r)
+	}()
+	var st started
+	for startc != nil {
+		select {
+		case req, ok := <-reqs:
+			if !ok {
+				reqs = nil
+				se.peerGone()
+				continue
+			}
+			se.handle(req)
+		case st = <-startc:
+			startc = nil
+		}
+	}
+	if st.slot {
+		defer func() { <-se.s.execSlots }()
+	}
+	switch {
+	case st.err != nil:
+		msg := st.err.Error()
+		if errors.Is(st.err, context.Canceled) {
+			se.log.Info("session not started: server is shutting down")
+			msg = "server is shutting down"
+		} else {
+			se.log.Error("session not started", "err", st.err)
+		}
+		se.finishWithError(msg)
+	case st.p != nil:
+		se.supervise(st.p, r, reqs)
+	}
+}
+
+// started is what startCommand hands back to run.
+type started struct {
+	p    *darlingexec.Process // nil when the peer went away in the queue
+	err  error
+	slot bool // p holds one of the server's exec slots
+}
+
+// startCommand takes an exec slot when the server limits them, then starts
+// the command.
+func (se *session) startCommand(r darlingexec.Request) started {
+	slots := se.s.execSlots
+	if slots == nil || r.Shell {
+		p, err := se.s.launcher.Start(se.s.ctx, r)
+		return started{p: p, err: err}
+	}
+	select {
+	case slots <- struct{}{}:
+	default:
+		se.log.Info("exec session queued", "max_exec", cap(slots))
 		select {
 		case slots <- struct{}{}:
-		default:
-			log.Info("exec session queued", "max_exec", cap(slots))
-			select {
-			case slots <- struct{}{}:
-			case <-se.gone:
-				return
-			case <-se.s.ctx.Done():
-				se.finishWithError("server is shutting down")
-				return
-			}
+		case <-se.gone:
+			return started{}
+		case <-se.s.ctx.Done():
+			return started{err: se.s.ctx.Err()}
 		}
-		defer func() { <-slots }()
 	}
 	p, err := se.s.launcher.Start(se.s.ctx, r)
 	if err != nil {
-		log.Error("session not started", "err", err)
-		msg := err.Error()
-		if errors.Is(err, context.Canceled) {
-			msg = "server is shutting down"
-		}
-		se.finishWithError(msg)
-		return
+		<-slots
+		return started{err: err}
 	}
-	log = log.With("pid", p.Pid())
-	se.mu.Lock()
+	return started{p: p, slot: true}
+}
+
+// supervise pumps the running command's stdio, answers requests, and ends
+// the session's processes when the peer goes away or the server shuts down.
+func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs <-chan *gossh.Request) {
+	log := se.log.With("pid", p.Pid())
 	se.proc = p
 	if se.size != nil {
 		p.Resize(clampSize(se.size.Cols), clampSize(se.size.Rows))
 	}
-	se.mu.Unlock()
 	if r.Shell {
 		log.Info("shell started")
 	} else {
@@ -299,7 +363,7 @@ func (se *session) run(r darlingexec.Request) {
 	}
 
 	exited, drained, serverEnded, peerGone := false, false, false, false
-	gone, shutdown := se.gone, se.s.ctx.Done()
+	shutdown := se.s.ctx.Done()
 	var drainTimeout <-chan time.Time
 	// endProcesses ends the session's processes, then gives their output
 	// drain to arrive before it stops reading it: a process outside the
@@ -314,8 +378,22 @@ func (se *session) run(r darlingexec.Request) {
 			drainTimeout = time.After(drain)
 		}
 	}
+	if reqs == nil {
+		// The peer went away while the command started.
+		peerGone = true
+		endProcesses(0)
+	}
 	for !(exited && drained) {
 		select {
+		case req, ok := <-reqs:
+			if ok {
+				se.handle(req)
+				break
+			}
+			reqs, peerGone = nil, true
+			se.peerGone()
+			log.Info("client went away; ending session processes")
+			endProcesses(0)
 		case <-p.Done():
 			exited = true
 			if st, _ := p.Wait(); st.Signal != "" && !st.Ended {
@@ -330,10 +408,6 @@ func (se *session) run(r darlingexec.Request) {
 		case <-drainTimeout:
 			drainTimeout = nil
 			p.CloseOutput()
-		case <-gone:
-			gone, peerGone = nil, true
-			log.Info("client went away; ending session processes")
-			endProcesses(0)
 		case <-shutdown:
 			shutdown, serverEnded = nil, true
 			log.Info("server shutting down; ending session")
