@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -47,6 +48,15 @@ const (
 	defaultAlias      = "darling-builder"
 	defaultPrefix     = "/var/lib/darling-builder/prefix"
 )
+
+// serveGCPercent is serve's garbage collection target unless GOGC is set.
+// Collections are cheap for this server: its live heap is a few MB, and
+// received packets and copy buffers come from pools, so a GiB moved
+// allocates 2 to 12 MB. A low target keeps garbage, and goroutine stacks
+// grown during a login (the runtime shrinks them only at a collection),
+// from sitting in memory: an idle session costs 82 KiB instead of 98, for
+// no server CPU that 200 logins or 1 GiB uploads could tell apart.
+const serveGCPercent = 25
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -141,6 +151,9 @@ func serve(args []string, stderr io.Writer) int {
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles on this address, e.g. 127.0.0.1:6060 (off when empty)")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(serveGCPercent)
 	}
 	st, err := darlingexec.ParseStyle(*style)
 	if err != nil {
