@@ -72,7 +72,7 @@ test: deps vet
 XCRYPTO         := third_party/x-crypto
 XCRYPTO_VERSION := v0.59.0
 XCRYPTO_PATCHES := $(sort $(wildcard third_party/x-crypto-*.patch))
-XCRYPTO_PKGS    := blowfish chacha20 cryptobyte cryptobyte/asn1 curve25519 internal/alias \
+XCRYPTO_PKGS    := blowfish chacha20 chacha20poly1305 cryptobyte cryptobyte/asn1 curve25519 internal/alias \
 	internal/poly1305 ssh/internal/bcrypt_pbkdf ssh/knownhosts ssh/terminal
 xcrypto:
 	@set -e; \

@@ -19,6 +19,7 @@ import (
 	"slices"
 
 	"golang.org/x/crypto/chacha20"
+	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/internal/poly1305"
 )
 
@@ -722,7 +723,13 @@ func (c *cbcCipher) writeCipherPacket(seqNum uint32, w io.Writer, rand io.Reader
 type chacha20Poly1305Cipher struct {
 	lengthKey  [32]byte
 	contentKey [32]byte
-	buf        []byte
+	// content encrypts and decrypts the payload with contentKey. Its
+	// Seal XORs with the same keystream as chacha20 from block 1, the
+	// part of the construction it shares with RFC 8439, and has amd64
+	// assembly, which package chacha20 does not; its tag is not the
+	// packet's MAC and is overwritten.
+	content cipher.AEAD
+	buf     []byte
 }
 
 func newChaCha20Cipher(key, unusedIV, unusedMACKey []byte, unusedAlgs DirectionAlgorithms) (packetCipher, error) {
@@ -736,19 +743,40 @@ func newChaCha20Cipher(key, unusedIV, unusedMACKey []byte, unusedAlgs DirectionA
 
 	copy(c.contentKey[:], key[:32])
 	copy(c.lengthKey[:], key[32:])
+	content, err := chacha20poly1305.New(c.contentKey[:])
+	if err != nil {
+		return nil, err
+	}
+	c.content = content
 	return c, nil
+}
+
+// polyKey returns the packet's poly1305 key: the first 32 bytes of the
+// content keystream's block 0.
+func (c *chacha20Poly1305Cipher) polyKey(nonce []byte) ([32]byte, error) {
+	var polyKey [32]byte
+	s, err := chacha20.NewUnauthenticatedCipher(c.contentKey[:], nonce)
+	if err != nil {
+		return polyKey, err
+	}
+	s.XORKeyStream(polyKey[:], polyKey[:])
+	return polyKey, nil
+}
+
+// xorContent encrypts or decrypts b in place with the content keystream
+// from block 1. It writes a tag of poly1305.TagSize bytes after b, so b's
+// capacity must leave room for it.
+func (c *chacha20Poly1305Cipher) xorContent(nonce, b []byte) {
+	c.content.Seal(b[:0], nonce, b, nil)
 }
 
 func (c *chacha20Poly1305Cipher) readCipherPacket(seqNum uint32, r io.Reader) ([]byte, error) {
 	nonce := make([]byte, 12)
 	binary.BigEndian.PutUint32(nonce[8:], seqNum)
-	s, err := chacha20.NewUnauthenticatedCipher(c.contentKey[:], nonce)
+	polyKey, err := c.polyKey(nonce)
 	if err != nil {
 		return nil, err
 	}
-	var polyKey, discardBuf [32]byte
-	s.XORKeyStream(polyKey[:], polyKey[:])
-	s.XORKeyStream(discardBuf[:], discardBuf[:]) // skip the next 32 bytes
 
 	encryptedLength := c.buf[:4]
 	if _, err := io.ReadFull(r, encryptedLength); err != nil {
@@ -786,8 +814,9 @@ func (c *chacha20Poly1305Cipher) readCipherPacket(seqNum uint32, r io.Reader) ([
 		return nil, errors.New("ssh: MAC failure")
 	}
 
+	// The tag xorContent writes lands on the MAC, already checked.
 	plain := c.buf[4:contentEnd]
-	s.XORKeyStream(plain, plain)
+	c.xorContent(nonce, plain)
 
 	if len(plain) == 0 {
 		return nil, errors.New("ssh: empty packet")
@@ -812,13 +841,10 @@ func (c *chacha20Poly1305Cipher) readCipherPacket(seqNum uint32, r io.Reader) ([
 func (c *chacha20Poly1305Cipher) writeCipherPacket(seqNum uint32, w io.Writer, rand io.Reader, payload []byte) error {
 	nonce := make([]byte, 12)
 	binary.BigEndian.PutUint32(nonce[8:], seqNum)
-	s, err := chacha20.NewUnauthenticatedCipher(c.contentKey[:], nonce)
+	polyKey, err := c.polyKey(nonce)
 	if err != nil {
 		return err
 	}
-	var polyKey, discardBuf [32]byte
-	s.XORKeyStream(polyKey[:], polyKey[:])
-	s.XORKeyStream(discardBuf[:], discardBuf[:]) // skip the next 32 bytes
 
 	// There is no blocksize, so fall back to multiple of 8 byte
 	// padding, as described in RFC 4253, Sec 6.
@@ -850,7 +876,8 @@ func (c *chacha20Poly1305Cipher) writeCipherPacket(seqNum uint32, w io.Writer, r
 		return err
 	}
 
-	s.XORKeyStream(c.buf[4:], c.buf[4:packetEnd])
+	// The tag xorContent writes lands where the MAC goes.
+	c.xorContent(nonce, c.buf[4:packetEnd])
 
 	var mac [poly1305.TagSize]byte
 	poly1305.Sum(&mac, c.buf[:packetEnd], &polyKey)

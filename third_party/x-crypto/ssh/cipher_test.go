@@ -328,3 +328,99 @@ func TestGCMPacketOneWrite(t *testing.T) {
 		})
 	}
 }
+
+// chacha20Poly1305Reference seals a packet as chacha20-poly1305@openssh.com
+// is specified (PROTOCOL.chacha20poly1305), with package chacha20 alone.
+func chacha20Poly1305Reference(lengthKey, contentKey []byte, seqNum uint32, payload, padding []byte) ([]byte, error) {
+	nonce := make([]byte, 12)
+	binary.BigEndian.PutUint32(nonce[8:], seqNum)
+	packet := binary.BigEndian.AppendUint32(nil, uint32(1+len(payload)+len(padding)))
+	ls, err := chacha20.NewUnauthenticatedCipher(lengthKey, nonce)
+	if err != nil {
+		return nil, err
+	}
+	ls.XORKeyStream(packet, packet)
+	s, err := chacha20.NewUnauthenticatedCipher(contentKey, nonce)
+	if err != nil {
+		return nil, err
+	}
+	var polyKey [32]byte
+	s.XORKeyStream(polyKey[:], polyKey[:])
+	s.SetCounter(1)
+	body := append(append([]byte{byte(len(padding))}, payload...), padding...)
+	s.XORKeyStream(body, body)
+	packet = append(packet, body...)
+	var mac [poly1305.TagSize]byte
+	poly1305.Sum(&mac, packet, &polyKey)
+	return append(packet, mac[:]...), nil
+}
+
+// TestChaCha20Poly1305Reference checks chacha20-poly1305@openssh.com
+// packets against the specified construction, byte for byte both ways,
+// for lengths around chacha20's 64-byte blocks and the largest packets.
+func TestChaCha20Poly1305Reference(t *testing.T) {
+	kr := &kexResult{Hash: crypto.SHA256}
+	algs := DirectionAlgorithms{Cipher: CipherChaCha20Poly1305, compression: compressionNone}
+	for _, seqNum := range []uint32{0, 1, 1<<32 - 1} {
+		for _, n := range []int{1, 15, 16, 58, 59, 63, 64, 65, 122, 127, 128, 255, 256, 1000, 4096, 32768, 35000} {
+			pc, err := newPacketCipher(clientKeys, algs, kr)
+			if err != nil {
+				t.Fatalf("newPacketCipher: %v", err)
+			}
+			c := pc.(*chacha20Poly1305Cipher)
+			payload := make([]byte, n)
+			for i := range payload {
+				payload[i] = byte(i*7 + n)
+			}
+			padding := make([]byte, 8-(1+n)%8)
+			if len(padding) < 4 {
+				padding = make([]byte, len(padding)+8)
+			}
+			want, err := chacha20Poly1305Reference(c.lengthKey[:], c.contentKey[:], seqNum, payload, padding)
+			if err != nil {
+				t.Fatal(err)
+			}
+
+			var got bytes.Buffer
+			if err := c.writeCipherPacket(seqNum, &got, bytes.NewReader(make([]byte, 64)), payload); err != nil {
+				t.Fatalf("seq %d, %d bytes: writeCipherPacket: %v", seqNum, n, err)
+			}
+			if !bytes.Equal(got.Bytes(), want) {
+				t.Fatalf("seq %d, %d bytes: packet differs from the reference construction", seqNum, n)
+			}
+
+			read, err := c.readCipherPacket(seqNum, bytes.NewReader(want))
+			if err != nil {
+				t.Fatalf("seq %d, %d bytes: readCipherPacket: %v", seqNum, n, err)
+			}
+			if !bytes.Equal(read, payload) {
+				t.Fatalf("seq %d, %d bytes: read back a different payload", seqNum, n)
+			}
+		}
+	}
+}
+
+func BenchmarkChaCha20Poly1305Packet(b *testing.B) {
+	kr := &kexResult{Hash: crypto.SHA256}
+	algs := DirectionAlgorithms{Cipher: CipherChaCha20Poly1305, compression: compressionNone}
+	client, err := newPacketCipher(clientKeys, algs, kr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	server, err := newPacketCipher(clientKeys, algs, kr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, 32768)
+	var packet bytes.Buffer
+	b.SetBytes(int64(len(payload)))
+	for b.Loop() {
+		packet.Reset()
+		if err := client.writeCipherPacket(0, &packet, rand.Reader, payload); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := server.readCipherPacket(0, &packet); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
