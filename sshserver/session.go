@@ -85,7 +85,8 @@ func (se *session) serve(reqs <-chan *gossh.Request) {
 			continue
 		}
 		if !se.s.startRun() {
-			se.finishWithError("server is shutting down")
+			// Its stderr line may wait for window; requests must not.
+			go se.finishWithError("server is shutting down")
 			continue
 		}
 		func() {
@@ -187,16 +188,22 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) darlingexec.
 func (se *session) launch(work, cleanup func()) {
 	se.runDone = make(chan struct{})
 	if !se.s.startRun() {
-		cleanup()
-		close(se.runDone)
-		se.finishWithError("server is shutting down")
+		if cleanup != nil {
+			cleanup()
+		}
+		go func() {
+			defer close(se.runDone)
+			se.finishWithError("server is shutting down")
+		}()
 		return
 	}
 	go func() {
 		defer se.s.runs.Done()
 		defer close(se.runDone)
 		defer se.recoverPanic()
-		defer cleanup()
+		if cleanup != nil {
+			defer cleanup()
+		}
 		work()
 	}()
 }
@@ -257,6 +264,12 @@ func (se *session) run(r darlingexec.Request, reqs <-chan *gossh.Request) {
 		defer se.recoverPanic()
 		st = se.startCommand(r)
 	}()
+	defer func() {
+		if startc != nil {
+			// serve's goroutine panicked: whatever starts is ended.
+			go func() { (<-startc).release(se.s.execSlots) }()
+		}
+	}()
 	var st started
 	for startc != nil {
 		select {
@@ -283,7 +296,7 @@ func (se *session) run(r darlingexec.Request, reqs <-chan *gossh.Request) {
 		} else {
 			se.log.Error("session not started", "err", st.err)
 		}
-		se.finishWithError(msg)
+		se.await(&reqs, func() { se.finishWithError(msg) })
 	case st.p != nil:
 		se.supervise(st.p, r, reqs)
 	}
@@ -296,9 +309,20 @@ type started struct {
 	slot bool // p holds one of the server's exec slots
 }
 
+// release ends a command nobody will supervise and frees its slot.
+func (st started) release(slots chan struct{}) {
+	if st.p != nil {
+		st.p.End(context.Background())
+	}
+	if st.slot {
+		<-slots
+	}
+}
+
 // startCommand takes an exec slot when the server limits them, then starts
-// the command.
-func (se *session) startCommand(r darlingexec.Request) started {
+// the command. The slot goes back unless a process holds it, even if
+// Start panics.
+func (se *session) startCommand(r darlingexec.Request) (st started) {
 	slots := se.s.execSlots
 	if slots == nil || r.Shell {
 		p, err := se.s.launcher.Start(se.s.ctx, r)
@@ -316,12 +340,42 @@ func (se *session) startCommand(r darlingexec.Request) started {
 			return started{err: se.s.ctx.Err()}
 		}
 	}
+	defer func() {
+		if !st.slot {
+			<-slots
+		}
+	}()
 	p, err := se.s.launcher.Start(se.s.ctx, r)
 	if err != nil {
-		<-slots
 		return started{err: err}
 	}
 	return started{p: p, slot: true}
+}
+
+// await runs f, which may take long (the kill grace; a write waiting for
+// window), in its own goroutine and answers the channel's requests until
+// it returns: x/crypto stalls the whole connection when a channel's
+// request queue is full. *reqs becomes nil if the requests end.
+func (se *session) await(reqs *<-chan *gossh.Request, f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer se.recoverPanic()
+		f()
+	}()
+	for {
+		select {
+		case <-done:
+			return
+		case req, ok := <-*reqs:
+			if !ok {
+				*reqs = nil
+				se.peerGone()
+				continue
+			}
+			se.handle(req)
+		}
+	}
 }
 
 // supervise pumps the running command's stdio, answers requests, and ends
@@ -362,14 +416,15 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 		}()
 	}
 
-	exited, drained, serverEnded, peerGone := false, false, false, false
+	// reqs is nil once the peer has gone.
+	exited, drained, serverEnded := false, false, false
 	shutdown := se.s.ctx.Done()
 	var drainTimeout <-chan time.Time
 	// endProcesses ends the session's processes, then gives their output
 	// drain to arrive before it stops reading it: a process outside the
 	// session could hold it open for ever.
 	endProcesses := func(drain time.Duration) {
-		p.End(context.Background())
+		se.await(&reqs, func() { p.End(context.Background()) })
 		switch {
 		case drained:
 		case drain == 0:
@@ -379,8 +434,7 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 		}
 	}
 	if reqs == nil {
-		// The peer went away while the command started.
-		peerGone = true
+		log.Info("client went away while the command started; ending session processes")
 		endProcesses(0)
 	}
 	for !(exited && drained) {
@@ -390,7 +444,7 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 				se.handle(req)
 				break
 			}
-			reqs, peerGone = nil, true
+			reqs = nil
 			se.peerGone()
 			log.Info("client went away; ending session processes")
 			endProcesses(0)
@@ -417,12 +471,12 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 	p.CloseOutput()
 	st, werr := p.Wait()
 	switch {
-	case peerGone:
+	case reqs == nil:
 	case serverEnded:
-		se.finishWithError("server is shutting down")
+		se.await(&reqs, func() { se.finishWithError("server is shutting down") })
 	case werr != nil:
 		log.Error("wait for launcher", "err", werr)
-		se.finishWithError("lost the command: " + werr.Error())
+		se.await(&reqs, func() { se.finishWithError("lost the command: " + werr.Error()) })
 	case st.Signal != "" && !st.Ended:
 		log.Info("session ended", "signal", st.Signal)
 		se.sendExitSignal(st)
@@ -436,7 +490,7 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 		se.closeChannel()
 	}
 	// A daemon the command left behind belongs to the session too.
-	p.Sweep(context.Background())
+	se.await(&reqs, func() { p.Sweep(context.Background()) })
 }
 
 // drainGrace is how long a session the server ends still forwards what
