@@ -65,6 +65,7 @@ func (s *Server) handleSession(_ *gliderssh.Server, conn *gossh.ServerConn, nc g
 		log:  s.log.With("user", conn.User(), "remote", conn.RemoteAddr().String()),
 		gone: make(chan struct{}),
 	}
+	defer se.recoverPanic()
 	if se.opts, err = keyOptions(conn); err != nil {
 		cs.sessions.Add(-1)
 		se.log.Error("session refused: the key's options are lost", "err", err)
