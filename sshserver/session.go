@@ -264,35 +264,22 @@ func (se *session) connEnv() []string {
 // all data, exit-status (or exit-signal), EOF, close. It answers the
 // channel's requests all along, and returns with them possibly still open.
 func (se *session) run(r darlingexec.Request, reqs <-chan *gossh.Request) {
-	// The command starts in its own goroutine: it may wait for an exec
-	// slot or for the prefix to warm, and requests must not.
+	// The command may wait for an exec slot or for the prefix to warm,
+	// and requests must not.
 	startc := make(chan started, 1)
-	go func() {
-		st := started{err: errors.New("internal error")}
-		defer func() { startc <- st }()
-		defer se.recoverPanic()
-		st = se.startCommand(r)
-	}()
 	defer func() {
 		if startc != nil {
 			// serve's goroutine panicked: whatever starts is ended.
 			go func() { (<-startc).release(se.s.execSlots) }()
 		}
 	}()
-	var st started
-	for startc != nil {
-		select {
-		case req, ok := <-reqs:
-			if !ok {
-				reqs = nil
-				se.peerGone()
-				continue
-			}
-			se.handle(req)
-		case st = <-startc:
-			startc = nil
-		}
-	}
+	se.await(&reqs, func() {
+		st := started{err: errors.New("internal error")}
+		defer func() { startc <- st }()
+		st = se.startCommand(r)
+	})
+	st := <-startc
+	startc = nil
 	if st.slot {
 		defer func() { <-se.s.execSlots }()
 	}
