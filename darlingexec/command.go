@@ -18,13 +18,17 @@ import (
 type Style string
 
 const (
-	// StyleFlag passes the prefix as `darling --prefix P shell …` (the
-	// darling-nix launcher this project targets), and also as DPREFIX.
-	StyleFlag Style = "flag"
-	// StyleEnv passes the prefix only as DPREFIX, for upstream Darling,
-	// whose launcher has no --prefix option.
+	// StyleEnv passes the prefix only as DPREFIX, as upstream Darling's
+	// launcher takes it: it has no --prefix option. The default.
 	StyleEnv Style = "env"
+	// StyleFlag passes the prefix as `darling --prefix P shell …`, for a
+	// wrapper that wants it, and also as DPREFIX.
+	StyleFlag Style = "flag"
 )
+
+// DefaultStyle is how the prefix reaches the launcher unless told
+// otherwise: as upstream Darling takes it.
+const DefaultStyle = StyleEnv
 
 // ParseStyle checks a --prefix-style value.
 func ParseStyle(s string) (Style, error) {
@@ -69,9 +73,17 @@ type Launcher struct {
 	// launcher needs to start its container.
 	HostEnv []string
 
+	// LogPath is the file the warm-up's launcher writes to, and a
+	// container it starts keeps writing to; "" is P.launcher.log.
+	LogPath string
+
 	warmMu     sync.Mutex // one warm-up at a time for the prefix
 	warmErr    error      // the last warm-up's outcome, under warmMu
 	warmFailed time.Time  // when it ended
+
+	contMu   sync.Mutex
+	cont     container // the verified container, under contMu
+	rejected int       // the last .init.pid pid refused, under contMu: logged once
 
 	tracker tracker // follows running sessions' processes
 	bufs    buffers // lent to the sessions' streams while data flows
@@ -100,24 +112,35 @@ func shQuote(s string) string {
 }
 
 // Script is what /bin/sh -c runs inside the prefix for a command: set up
-// the session, print the start marker to stdout, then exec /bin/sh -c with
-// the client's command untouched. The marker is printed from two pieces so
-// that the script's own text never contains it.
+// the session, print the start marker to stdout, then run /bin/sh -c with
+// the client's command untouched and exit with its status. The marker is
+// printed from two pieces so that the script's own text never contains it.
+//
+// The script does not exec the command: Darling's shellspawn reports only
+// WEXITSTATUS of its direct child, so a command killed by a signal would
+// reach the client as status 0. Waiting for it, the script's shell turns
+// that into 128+n (137 for SIGKILL) and exits with it. The script's shell
+// catches the signals a session's processes may get together (its traps do
+// nothing, and a child starts with them at their defaults), so that it
+// outlives the command and reports its status.
 func Script(command, marker string) string {
 	var b strings.Builder
-	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
+	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; ")
 	if marker != "" {
 		half := len(marker) / 2
 		b.WriteString("printf '%s%s' " + shQuote(marker[:half]) + " " + shQuote(marker[half:]) + "; ")
 	}
-	b.WriteString("exec /bin/sh -c " + shQuote(command))
+	b.WriteString("/bin/sh -c " + shQuote(command) + "; exit $?")
 	return b.String()
 }
+
+// outliveSignals makes the script's shell live until its command ends.
+const outliveSignals = "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2"
 
 // shellScript is what runs for a shell session: Darling's `bash --login`
 // has sourced the prefix's profile; the shell then starts at home with the
 // Nix profiles on PATH, as a command would.
-const shellScript = `cd "$HOME" 2>/dev/null; ` + nixPath + "; exec /bin/bash"
+const shellScript = `cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; /bin/bash; exit $?"
 
 // Args returns the launcher's arguments (without argv[0]) for a request;
 // marker is the stdout start marker ("" for none; shells have none).

@@ -152,3 +152,36 @@ func TestSignalName(t *testing.T) {
 		}
 	}
 }
+
+// TestScriptReportsSignalStatus: Darling's shellspawn reports only
+// WEXITSTATUS of its direct child, so a direct child killed by a signal
+// shows as status 0. Run as shellspawn would (bash -c on the joined
+// arguments, exec'ing /bin/sh in place, as bash does a single command),
+// the script's own exit status must be 128+n for a command that a signal
+// killed, and the script itself must be a normal exit.
+func TestScriptReportsSignalStatus(t *testing.T) {
+	l := &Launcher{Prefix: "/p", Style: StyleEnv}
+	for cmd, want := range map[string]int{
+		"kill -KILL $$":                   137,
+		"kill -TERM $$":                   143,
+		"exit 3":                          3,
+		"sleep 1000 & kill -TERM 0; wait": 143, // the whole group, the script's shell too
+	} {
+		args := l.Args(Request{Command: cmd}, "")
+		c := exec.Command("bash", "--norc", "-c", darlingJoin(args[1:]))
+		c.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH")}
+		c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		err := c.Run()
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			t.Errorf("%q: status 0, want %d", cmd, want)
+		case !errors.As(err, &ee):
+			t.Errorf("%q: %v", cmd, err)
+		case !ee.Exited():
+			t.Errorf("%q: the script's shell died of %v: shellspawn would report 0", cmd, ee.Sys())
+		case ee.ExitCode() != want:
+			t.Errorf("%q: status %d, want %d", cmd, ee.ExitCode(), want)
+		}
+	}
+}

@@ -15,8 +15,9 @@ func FuzzScript(f *testing.F) {
 		l := &Launcher{Prefix: "/p", Style: StyleFlag}
 		args := l.Args(Request{Command: cmd}, "\x1emark\x1e")
 		script := args[len(args)-1]
-		// The command appears once, single-quoted, at the end.
-		if !strings.HasSuffix(script, "exec /bin/sh -c "+shQuote(cmd)) {
+		// The command appears once, single-quoted, at the end, run (not
+		// exec'd: its status must survive a signal) by the script's shell.
+		if !strings.HasSuffix(script, "; /bin/sh -c "+shQuote(cmd)+"; exit $?") {
 			t.Fatalf("script does not end with the quoted command: %q", script)
 		}
 		if got := unquoteSingle(shQuote(cmd)); got != cmd {

@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -29,31 +28,10 @@ exec sleep 1000
 	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// A live process in a mount namespace of its own, its pid in
-	// .init.pid: the "container" runs, no warm-up needed.
 	prefix := filepath.Join(dir, "p")
-	if err := os.MkdirAll(prefix, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	container := exec.Command("unshare", "--mount", "sleep", "1000")
-	if err := container.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		container.Process.Kill()
-		container.Wait()
-	})
-	for deadline := time.Now().Add(10 * time.Second); !ownMountNamespace(container.Process.Pid); {
-		if time.Now().After(deadline) {
-			t.Fatal("unshare never entered a mount namespace of its own")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := os.WriteFile(filepath.Join(prefix, ".init.pid"), []byte(strconv.Itoa(container.Process.Pid)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	fakeContainer(t, prefix)
 	return &Launcher{
-		Path: path, Prefix: prefix, Style: StyleFlag,
+		Path: path, Prefix: prefix, Style: StyleFlag, LogPath: filepath.Join(dir, "launcher.log"),
 		KillGrace: time.Second, WarmTimeout: 10 * time.Second,
 		Log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 		HostEnv: []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")},

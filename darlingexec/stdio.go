@@ -18,6 +18,10 @@ type PTY struct {
 	// Modes, if set, adjusts the terminal's settings before the command
 	// starts (the client's terminal modes).
 	Modes func(*unix.Termios)
+	// Latest, if set, gives a size sent since Cols and Rows: the terminal
+	// starts with it, as Darling's launcher reads the size only once at
+	// start and would lose a change sent before it listens for them.
+	Latest func() (cols, rows uint16, ok bool)
 }
 
 // stdio is a command's stdin, stdout and stderr being set up: the
@@ -105,7 +109,13 @@ func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
 			return nil, fmt.Errorf("terminal modes: %w", err)
 		}
 	}
-	if err := setSize(master, p.Cols, p.Rows); err != nil {
+	cols, rows := p.Cols, p.Rows
+	if p.Latest != nil {
+		if c, r, ok := p.Latest(); ok {
+			cols, rows = c, r
+		}
+	}
+	if err := setSize(master, cols, rows); err != nil {
 		s.closeAll()
 		return nil, fmt.Errorf("terminal size: %w", err)
 	}

@@ -2,6 +2,9 @@ package darlingexec
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,33 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// containerPid returns the pid recorded in P/.init.pid if that process is
-// alive, else 0.
-func (l *Launcher) containerPid() int {
-	b, err := os.ReadFile(filepath.Join(l.Prefix, ".init.pid"))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0
-	}
-	if !processAlive(pid) || !ownMountNamespace(pid) {
-		return 0
-	}
-	return pid
-}
-
-// ownMountNamespace reports whether pid lives in a mount namespace other
-// than ours, as Darling's container does: a stale .init.pid whose number
-// was reused by an unrelated process is not taken for the container. If
-// the namespaces cannot be read, liveness alone decides.
-func ownMountNamespace(pid int) bool {
-	theirs, err1 := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/mnt")
-	ours, err2 := os.Readlink("/proc/self/ns/mnt")
-	return err1 != nil || err2 != nil || theirs != ours
-}
 
 // processAlive reports whether pid names a process that has not exited. A
 // zombie has exited: a container killed by `darling shutdown` can linger as
@@ -60,7 +36,8 @@ func processAlive(pid int) bool {
 func (l *Launcher) EnsureWarm(ctx context.Context) error {
 	l.warmMu.Lock()
 	defer l.warmMu.Unlock()
-	if l.containerPid() != 0 {
+	if pid := l.containerPid(); pid != 0 {
+		l.repairInitPid(pid)
 		return nil
 	}
 	if l.warmErr != nil && time.Since(l.warmFailed) < warmRetryAfter {
@@ -91,23 +68,27 @@ func (l *Launcher) warmLocked(ctx context.Context) error {
 
 func (l *Launcher) warm(ctx context.Context) error {
 	start := time.Now()
-	// The launcher's stderr goes to a file, not a pipe: after a cold start
-	// the container may hold it open. Its last line says why a warm-up
-	// failed.
-	errFile, err := os.CreateTemp("", "darling-sshd-warm-*.log")
+	fail := func(err error) error { return fmt.Errorf("warm prefix %s with %s: %w", l.Prefix, l.Path, err) }
+	log, err := l.openLauncherLog()
 	if err != nil {
-		return fmt.Errorf("warm prefix %s: %w", l.Prefix, err)
+		return fail(err)
 	}
-	os.Remove(errFile.Name())
-	defer errFile.Close()
-	req := Request{Command: "true"}
+	defer log.Close()
+	probe, err := newProbe()
+	if err != nil {
+		return fail(err)
+	}
+	req := Request{Command: probe.command()}
 	cmd := exec.Command(l.Path, l.Args(req, "")...)
-	cmd.Env = l.Env(req, "")
+	cmd.Env = append(l.Env(req, ""), probeVar+"="+probe.value)
 	cmd.Dir = "/"
-	cmd.Stderr = errFile
+	// Upstream's launcher says what it refuses on stdout, and a cold
+	// start hands stdout and stderr to the container for good (#1510):
+	// both go to the launcher log, never to a pipe nobody reads later.
+	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("warm prefix %s: start launcher %s: %w", l.Prefix, l.Path, err)
+		return fail(fmt.Errorf("start launcher: %w", err))
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -120,31 +101,152 @@ func (l *Launcher) warm(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
+	code := -1
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		code = 0
+	case errors.As(err, &ee) && ee.Exited():
+		code, err = ee.ExitCode(), nil
+	}
 	if err != nil {
 		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 		select {
 		case <-done:
 		case <-time.After(time.Second):
 		}
-		if last := lastLine(errFile); last != "" {
-			err = fmt.Errorf("%w: %s", err, last)
-		}
-		return fmt.Errorf("warm prefix %s with %s: %w", l.Prefix, l.Path, err)
+		return fail(withOutput(err, log))
+	}
+	if err := l.checkProbe(probe, code, log); err != nil {
+		return fail(err)
 	}
 	if l.containerPid() == 0 {
-		l.Log.Warn("launcher left no live container pid; sessions will warm the prefix first each time",
-			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, ".init.pid"))
+		l.Log.Warn("no running container found for the prefix; sessions will warm it first each time, and SFTP serves the prefix folder as the host sees it",
+			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, initPidFile))
 	}
 	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// lastLine returns the last non-empty line of f's first 64 KiB.
-func lastLine(f *os.File) string {
-	b := make([]byte, 64*1024)
-	n, _ := f.ReadAt(b, 0)
-	lines := strings.Split(strings.TrimSpace(string(b[:n])), "\n")
-	return strings.TrimSpace(lines[len(lines)-1])
+// MinDarling is the oldest Darling release with what the server relies
+// on: the caller's environment forwarded to the command (894d62c,
+// 2023-05), which ending a session's processes depends on, and exit
+// statuses reported correctly (980a02f, 2025-01, #1546).
+const MinDarling = "v0.1.20251023"
+
+// probeVar carries the warm-up's random value to its command.
+const probeVar = "DARLING_SSHD_PROBE"
+
+// probeStatus is the warm-up command's exit status, which the launcher
+// must report.
+const probeStatus = 42
+
+// probe is the warm-up's self-test: its command writes the value of a
+// variable the server sets into a file with a random name at the root of
+// its own view. Finding the file in the prefix's view, holding that value,
+// with the status the command exited with, shows that the launcher ran the
+// command in the prefix, forwarded the environment and reports statuses.
+type probe struct{ name, value string }
+
+func newProbe() (probe, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return probe{}, fmt.Errorf("probe: %w", err)
+	}
+	h := hex.EncodeToString(b[:])
+	return probe{name: ".darling-sshd-probe-" + h[:16], value: h[16:]}, nil
+}
+
+func (p probe) command() string {
+	return fmt.Sprintf(`printf %%s "$%s" > /%s; exit %d`, probeVar, p.name, probeStatus)
+}
+
+// checkProbe reads and removes the probe's file in the prefix's view and
+// says, in one line, what the launcher did not do.
+func (l *Launcher) checkProbe(p probe, code int, log *os.File) error {
+	view, viaContainer, err := l.openView()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(view)
+	got, rerr := readSmallFile(view, p.name, 256)
+	if rerr == nil || !errors.Is(rerr, unix.ENOENT) {
+		_ = unix.Unlinkat(view, p.name, 0)
+	}
+	where := "the prefix folder"
+	if viaContainer {
+		where = "the container's view of the prefix"
+	}
+	switch {
+	case rerr != nil && code != probeStatus:
+		return withOutput(fmt.Errorf("launcher exited with status %d%s", code, l.styleHint(log)), log)
+	case rerr != nil:
+		return fmt.Errorf("the launcher did not run the command in the prefix (no probe file in %s: %v); darling-sshd needs Darling %s or later",
+			where, rerr, MinDarling)
+	case string(got) != p.value:
+		return fmt.Errorf("the launcher does not pass the environment to the command (%s did not arrive), which ending a session's processes depends on; darling-sshd needs Darling %s or later",
+			probeVar, MinDarling)
+	case code != probeStatus:
+		return fmt.Errorf("the launcher reported exit status %d for a command that exited %d; darling-sshd needs Darling %s or later (#1546)",
+			code, probeStatus, MinDarling)
+	}
+	return nil
+}
+
+// styleHint says which --prefix-style to use when the launcher refused
+// its first argument, as upstream's does `--prefix`.
+func (l *Launcher) styleHint(log *os.File) string {
+	out := readLog(log)
+	if !strings.Contains(out, "is not a supported command") {
+		return ""
+	}
+	if l.Style == StyleFlag {
+		return ": the launcher has no --prefix option (upstream Darling takes the prefix from DPREFIX only): use --prefix-style env"
+	}
+	return ": the launcher does not know the shell command: is it Darling's launcher?"
+}
+
+// maxLauncherOutput bounds how much of the launcher's output an error
+// shows.
+const maxLauncherOutput = 16 << 10
+
+// readLog returns the launcher log's first maxLauncherOutput bytes.
+func readLog(log *os.File) string {
+	b := make([]byte, maxLauncherOutput)
+	n, _ := log.ReadAt(b, 0)
+	return strings.ToValidUTF8(strings.TrimSpace(string(b[:n])), "?")
+}
+
+// withOutput adds what the launcher printed, whole up to a bound, to err.
+func withOutput(err error, log *os.File) error {
+	out := readLog(log)
+	if out == "" {
+		return fmt.Errorf("%w (it printed nothing)", err)
+	}
+	return fmt.Errorf("%w; the launcher printed:\n%s", err, indent(out))
+}
+
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}
+
+// openLauncherLog opens the file the warm-up's launcher writes its stdout
+// and stderr to, emptied first. A container the warm-up starts keeps both
+// for as long as it runs (Darling #1510), so it is a file the operator can
+// read, not a pipe or a deleted temporary file. Without a LogPath, it is
+// P.launcher.log beside the prefix, as Darling keeps P.workdir. What is
+// read of it is bounded; what a running container appends later is
+// Darling's own output.
+func (l *Launcher) openLauncherLog() (*os.File, error) {
+	path := l.LogPath
+	if path == "" {
+		path = l.Prefix + ".launcher.log"
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("launcher log: %w", err)
+	}
+	return f, nil
 }
 
 // PrefixRoot opens the prefix as its own processes see it, warming the
@@ -152,21 +254,18 @@ func lastLine(f *os.File) string {
 // prefix inside the container's mount namespace; from the host the prefix
 // folder holds only the overlay's upper layer, and changing it behind the
 // mounted overlay is undefined. So the merged view is opened through the
-// container's namespace, /proc/<pid>/root + prefix. Only when the launcher
-// records no container pid is the prefix folder itself used.
+// verified container (see openContainerView). Only when no container is
+// found is the prefix folder itself used.
 func (l *Launcher) PrefixRoot(ctx context.Context) (*os.File, error) {
 	if err := l.EnsureWarm(ctx); err != nil {
 		return nil, err
 	}
-	path := l.Prefix
-	if pid := l.containerPid(); pid != 0 {
-		path = "/proc/" + strconv.Itoa(pid) + "/root" + l.Prefix
-	} else {
-		l.Log.Warn("no container pid; serving the prefix folder as the host sees it", "prefix", l.Prefix)
-	}
-	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, viaContainer, err := l.openView()
 	if err != nil {
-		return nil, fmt.Errorf("open prefix %s: %w", path, err)
+		return nil, err
+	}
+	if !viaContainer {
+		l.Log.Warn("no container found; serving the prefix folder as the host sees it", "prefix", l.Prefix)
 	}
 	return os.NewFile(uintptr(fd), l.Prefix), nil
 }

@@ -36,6 +36,7 @@ type Options struct {
 	Prefix             string
 	Darling            string // launcher path or name looked up in PATH
 	PrefixStyle        darlingexec.Style
+	LauncherLog        string // the warm-up launcher's output; "" is P.launcher.log
 	HostKeyPath        string
 	AuthorizedKeysPath string
 	AllowUsers         []string
@@ -121,7 +122,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	launcher, err := NewLauncher(opts.Darling, opts.Prefix, opts.PrefixStyle, opts.WarmTimeout, log)
+	launcher, err := NewLauncher(opts.Darling, opts.Prefix, opts.PrefixStyle, opts.LauncherLog, opts.WarmTimeout, log)
 	if err != nil {
 		return nil, err
 	}
@@ -182,7 +183,7 @@ func (s *Server) ReloadKeys() {
 }
 
 // NewLauncher finds the launcher and checks the prefix path.
-func NewLauncher(darling, prefix string, style darlingexec.Style, warmTimeout time.Duration, log *slog.Logger) (*darlingexec.Launcher, error) {
+func NewLauncher(darling, prefix string, style darlingexec.Style, launcherLog string, warmTimeout time.Duration, log *slog.Logger) (*darlingexec.Launcher, error) {
 	path, err := exec.LookPath(darling)
 	if err != nil {
 		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", darling, err)
@@ -191,7 +192,7 @@ func NewLauncher(darling, prefix string, style darlingexec.Style, warmTimeout ti
 		return nil, err
 	}
 	return &darlingexec.Launcher{
-		Path: path, Prefix: prefix, Style: style, WarmTimeout: warmTimeout,
+		Path: path, Prefix: prefix, Style: style, LogPath: launcherLog, WarmTimeout: warmTimeout,
 		KillGrace: 5 * time.Second, Log: log, HostEnv: hostEnv(),
 	}, nil
 }

@@ -32,12 +32,12 @@ type session struct {
 	envBytes int      // their size, bounded by maxEnvBytes
 
 	started bool
-	opts    auth.KeyOptions      // of the key the connection logged in with
-	pty     *ptyRequest          // from pty-req, before the command starts
-	size    *windowChange        // the latest size, until proc exists
-	proc    *darlingexec.Process // the command, once it runs
-	gone    chan struct{}        // closed when the peer closed the channel or the connection died
-	runDone chan struct{}        // closed when an SFTP session's goroutine has returned
+	opts    auth.KeyOptions              // of the key the connection logged in with
+	pty     *ptyRequest                  // from pty-req, before the command starts
+	size    atomic.Pointer[windowChange] // the latest size, until proc exists; read by the starting command
+	proc    *darlingexec.Process         // the command, once it runs
+	gone    chan struct{}                // closed when the peer closed the channel or the connection died
+	runDone chan struct{}                // closed when an SFTP session's goroutine has returned
 }
 
 // handleSession serves a "session" channel. It replaces gliderlabs' stock
@@ -187,6 +187,16 @@ func (se *session) start(req *gossh.Request, r darlingexec.Request) darlingexec.
 	}
 	if se.pty != nil {
 		r.PTY = se.pty.pty()
+		// The terminal starts with the latest size the client sent, read
+		// as late as possible: Darling's launcher copies the size once at
+		// start and only later listens for changes, so a change sent
+		// before that would be lost.
+		r.PTY.Latest = func() (cols, rows uint16, ok bool) {
+			if w := se.size.Load(); w != nil {
+				return clampSize(w.Cols), clampSize(w.Rows), true
+			}
+			return 0, 0, false
+		}
 	}
 	return r
 }
@@ -245,7 +255,7 @@ func (se *session) windowChange(payload []byte) bool {
 	if se.proc != nil {
 		return se.proc.Resize(clampSize(w.Cols), clampSize(w.Rows)) == nil
 	}
-	se.size = &w
+	se.size.Store(&w)
 	return true
 }
 
@@ -379,8 +389,10 @@ func (se *session) await(reqs *<-chan *gossh.Request, f func()) {
 func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs <-chan *gossh.Request) {
 	log := se.log.With("pid", p.Pid())
 	se.proc = p
-	if se.size != nil {
-		p.Resize(clampSize(se.size.Cols), clampSize(se.size.Rows))
+	if w := se.size.Load(); w != nil {
+		// A size sent while the command started; the same size again
+		// changes nothing.
+		p.Resize(clampSize(w.Cols), clampSize(w.Rows))
 	}
 	if r.Shell {
 		log.Info("shell started")

@@ -130,7 +130,7 @@ func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", defaultListen, "address to listen on (host:port)")
 	lf := addLauncherFlags(fs)
-	prefix, darling, style := lf.prefix, lf.darling, lf.style
+	prefix, darling, style, launcherLog := lf.prefix, lf.darling, lf.style, lf.log
 	hostKey := fs.String("host-key", defaultHostKey, "ed25519 host key file, generated if missing")
 	authKeys := fs.String("authorized-keys", "/etc/nix/darling-builder-key.pub", "public key or authorized_keys file of the users allowed in")
 	allowUsers := fs.String("allow-users", "root", "comma-separated login names allowed in")
@@ -214,6 +214,7 @@ func serve(args []string, stderr io.Writer) int {
 		Prefix:             *prefix,
 		Darling:            *darling,
 		PrefixStyle:        st,
+		LauncherLog:        *launcherLog,
 		HostKeyPath:        *hostKey,
 		AuthorizedKeysPath: *authKeys,
 		AllowUsers:         users,
@@ -244,14 +245,15 @@ func serve(args []string, stderr io.Writer) int {
 
 // launcherFlags are the flags serve and init share to reach the prefix.
 type launcherFlags struct {
-	prefix, darling, style *string
+	prefix, darling, style, log *string
 }
 
 func addLauncherFlags(fs *flag.FlagSet) launcherFlags {
 	return launcherFlags{
 		prefix:  fs.String("prefix", defaultPrefix, "Darling prefix the sessions run in (Darling creates it; we never do)"),
 		darling: fs.String("darling", "darling", "Darling launcher: a path, or a name looked up in PATH"),
-		style:   fs.String("prefix-style", "flag", "how the launcher gets the prefix: flag (--prefix P, plus DPREFIX) or env (DPREFIX only, upstream Darling)"),
+		style:   fs.String("prefix-style", string(darlingexec.DefaultStyle), "how the launcher gets the prefix: env (DPREFIX only, as upstream Darling takes it) or flag (--prefix P plus DPREFIX, for a wrapper that wants it)"),
+		log:     fs.String("launcher-log", "", "file the warm-up's launcher, and a container it starts, write their output to (default: the prefix path + .launcher.log)"),
 	}
 }
 
@@ -273,7 +275,7 @@ func initPrefix(args []string, stdout, stderr io.Writer) int {
 	if *maxJobs < 1 {
 		return usageError(stderr, "init", "max-jobs", errors.New("must be at least 1"))
 	}
-	l, err := sshserver.NewLauncher(*lf.darling, *lf.prefix, st, *warmTimeout,
+	l, err := sshserver.NewLauncher(*lf.darling, *lf.prefix, st, *lf.log, *warmTimeout,
 		slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		fmt.Fprintf(stderr, "darling-sshd init: %v\n", err)

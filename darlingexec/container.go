@@ -1,0 +1,390 @@
+package darlingexec
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// initPidFile is where Darling's launcher records the host pid of the
+// prefix's darlingserver. It lies in the prefix, so every session can
+// write it (it is /.init.pid in the session's view): its content is a
+// claim to verify, never a fact.
+const initPidFile = ".init.pid"
+
+// maxInitPid bounds what is read of .init.pid: a pid and a little
+// whitespace.
+const maxInitPid = 32
+
+// container is the prefix's darlingserver once verified: its pid and its
+// start time, so that a reused pid is never taken for it.
+type container struct {
+	pid   int
+	start uint64
+}
+
+// containerPid returns the pid of the prefix's running container, or 0.
+// A container verified once stays trusted while it lives, whatever a
+// session writes into .init.pid since; otherwise .init.pid is read and
+// the process it names is verified as Darling's own launcher does and
+// more (see verifyContainer).
+func (l *Launcher) containerPid() int {
+	l.contMu.Lock()
+	defer l.contMu.Unlock()
+	if c := l.cont; c.pid != 0 {
+		if startTime(c.pid) == c.start {
+			return c.pid
+		}
+		l.cont = container{}
+	}
+	pid, err := readInitPid(l.Prefix)
+	if err != nil || pid == 0 {
+		return 0
+	}
+	c, err := verifyContainer(pid, l.Prefix)
+	if err != nil {
+		if l.rejected != pid {
+			l.rejected = pid
+			l.Log.Warn("not taking the process .init.pid names for the prefix's container",
+				"prefix", l.Prefix, "pid", pid, "reason", err)
+		}
+		return 0
+	}
+	l.cont = c
+	return c.pid
+}
+
+// openPrefixDir opens the prefix folder itself, as the host sees it. The
+// prefix path is the operator's; only what lies inside it is the
+// sessions'.
+func openPrefixDir(prefix string) (int, error) {
+	fd, err := unix.Open(prefix, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open prefix %s: %w", prefix, err)
+	}
+	return fd, nil
+}
+
+// beneath resolves a name inside dir without following any symlink or
+// magic link and without leaving dir or its filesystem: what a session
+// planted there is never followed.
+const beneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV
+
+// readSmallFile reads at most limit bytes of the regular file name inside
+// dir, without blocking (a FIFO or a device planted there is refused, not
+// read) and without following links. It reports an error if the file holds
+// more than limit bytes.
+func readSmallFile(dir int, name string, limit int) ([]byte, error) {
+	fd, err := unix.Openat2(dir, name, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_NONBLOCK | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_CLOEXEC,
+		Resolve: beneath,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s is not a regular file (mode %#o)", name, st.Mode&unix.S_IFMT)
+	}
+	buf := make([]byte, limit+1)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Pread(fd, buf[n:], int64(n))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	if n > limit {
+		return nil, fmt.Errorf("%s holds more than %d bytes", name, limit)
+	}
+	return buf[:n], nil
+}
+
+// readInitPid returns the pid P/.init.pid names, or 0 if there is none.
+// Darling writes it without a newline; whitespace around it is allowed.
+func readInitPid(prefix string) (int, error) {
+	dir, err := openPrefixDir(prefix)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(dir)
+	b, err := readSmallFile(dir, initPidFile, maxInitPid)
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s in %s: %w", initPidFile, prefix, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("%s in %s holds %q, not a pid", initPidFile, prefix, b)
+	}
+	return pid, nil
+}
+
+// verifyContainer checks that pid is the prefix's darlingserver, reading
+// everything through one open /proc/<pid> folder so that a pid reused
+// meanwhile fails the reads instead of answering for another process:
+//   - its comm is "darlingserver" and it runs as our uid (what Darling's
+//     launcher itself checks before trusting .init.pid);
+//   - it is not confined to a folder (its root is ours), and lives in a
+//     mount namespace other than ours, where an overlay is mounted at the
+//     prefix: darlingserver's. A session's process, a stale pid after a
+//     reboot, or any other process fails one of these.
+func verifyContainer(pid int, prefix string) (container, error) {
+	proc, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return container{}, fmt.Errorf("no such process: %w", err)
+	}
+	defer unix.Close(proc)
+	start := startTime(pid)
+	if start == 0 {
+		return container{}, errors.New("not running")
+	}
+	comm, err := readProcFile(proc, "comm", 64)
+	if err != nil {
+		return container{}, err
+	}
+	if name := strings.TrimSuffix(string(comm), "\n"); name != "darlingserver" {
+		return container{}, fmt.Errorf("it is %q, not darlingserver", name)
+	}
+	status, err := readProcFile(proc, "status", 16<<10)
+	if err != nil {
+		return container{}, err
+	}
+	if uid, ok := statusUID(status); !ok || uid != os.Getuid() {
+		return container{}, fmt.Errorf("it runs as uid %d, not as ours (%d)", uid, os.Getuid())
+	}
+	var theirs, ours unix.Stat_t
+	if err := unix.Fstatat(proc, "root/", &theirs, 0); err != nil {
+		return container{}, fmt.Errorf("its root: %w", err)
+	}
+	if err := unix.Stat("/", &ours); err != nil {
+		return container{}, err
+	}
+	if theirs.Dev != ours.Dev || theirs.Ino != ours.Ino {
+		return container{}, errors.New("it is confined to a folder (its root is not ours)")
+	}
+	theirNS, err1 := readlinkat(proc, "ns/mnt")
+	ourNS, err2 := os.Readlink("/proc/self/ns/mnt")
+	if err1 != nil || err2 != nil {
+		return container{}, fmt.Errorf("mount namespace: %w", errors.Join(err1, err2))
+	}
+	if theirNS == ourNS {
+		return container{}, errors.New("it shares our mount namespace")
+	}
+	real, err := filepath.EvalSymlinks(prefix)
+	if err != nil {
+		return container{}, err
+	}
+	mf, err := openProcFile(proc, "mountinfo")
+	if err != nil {
+		return container{}, err
+	}
+	defer mf.Close()
+	if ok, err := overlayAt(io.LimitReader(mf, maxMountinfo), real); err != nil || !ok {
+		return container{}, fmt.Errorf("no overlay mounted at %s in its mount namespace (%v)", real, err)
+	}
+	// The same process all along: its start time has not changed.
+	if startTime(pid) != start {
+		return container{}, errors.New("it exited meanwhile")
+	}
+	return container{pid: pid, start: start}, nil
+}
+
+// maxMountinfo bounds how much of a mountinfo is read.
+const maxMountinfo = 4 << 20
+
+func openProcFile(proc int, name string) (*os.File, error) {
+	fd, err := unix.Openat(proc, name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read its %s: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// readProcFile reads at most limit bytes of /proc/<pid>/name.
+func readProcFile(proc int, name string, limit int64) ([]byte, error) {
+	f, err := openProcFile(proc, name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read its %s: %w", name, err)
+	}
+	return b, nil
+}
+
+func readlinkat(dir int, name string) (string, error) {
+	buf := make([]byte, 256)
+	n, err := unix.Readlinkat(dir, name, buf)
+	if err != nil {
+		return "", err
+	}
+	return string(buf[:n]), nil
+}
+
+// statusUID returns the real uid of a /proc/<pid>/status.
+func statusUID(status []byte) (int, bool) {
+	for line := range bytes.Lines(status) {
+		if rest, ok := bytes.CutPrefix(line, []byte("Uid:")); ok {
+			f := strings.Fields(string(rest))
+			if len(f) == 0 {
+				return -1, false
+			}
+			uid, err := strconv.Atoi(f[0])
+			return uid, err == nil
+		}
+	}
+	return -1, false
+}
+
+// overlayAt reports whether a mountinfo lists an overlay mounted at path.
+func overlayAt(r io.Reader, path string) (bool, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for sc.Scan() {
+		// ID parent major:minor root mountpoint options [optional…] - fstype source super
+		f := strings.Fields(sc.Text())
+		if len(f) < 7 || unescapeMountinfo(f[4]) != path {
+			continue
+		}
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				if f[i+1] == "overlay" {
+					return true, nil
+				}
+				break
+			}
+		}
+	}
+	return false, sc.Err()
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// openContainerView opens the prefix as the container's processes see it:
+// the overlay Darling mounts at the prefix, reached through the verified
+// container's root without following any link on the way (a session
+// cannot plant one there that leads elsewhere), and checked to be an
+// overlay.
+func openContainerView(pid int, prefix string) (int, error) {
+	real, err := filepath.EvalSymlinks(prefix)
+	if err != nil {
+		return -1, err
+	}
+	root, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open the container's root: %w", err)
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, strings.TrimPrefix(real, "/"), &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open %s in the container: %w", real, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil || st.Type != unix.OVERLAYFS_SUPER_MAGIC {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s in the container is not Darling's overlay", real)
+	}
+	return fd, nil
+}
+
+// openView opens the prefix as its own processes see it: through the
+// running container when there is one, else the prefix folder itself.
+func (l *Launcher) openView() (fd int, viaContainer bool, err error) {
+	if pid := l.containerPid(); pid != 0 {
+		fd, err := openContainerView(pid, l.Prefix)
+		if err == nil {
+			return fd, true, nil
+		}
+		l.Log.Warn("cannot open the prefix through its container", "prefix", l.Prefix, "err", err)
+		return -1, false, err
+	}
+	fd, err = openPrefixDir(l.Prefix)
+	return fd, false, err
+}
+
+// repairInitPid rewrites P/.init.pid to name the verified container when
+// it names anything else or is not a regular file: a session may have
+// replaced it, and Darling's own launcher, which reads it with a blocking
+// open, would then hang on a FIFO or start a second container. The new
+// file replaces the old by rename, which never follows what it replaces.
+func (l *Launcher) repairInitPid(pid int) {
+	dir, err := openPrefixDir(l.Prefix)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dir)
+	want := strconv.Itoa(pid)
+	if b, err := readSmallFile(dir, initPidFile, maxInitPid); err == nil && strings.TrimSpace(string(b)) == want {
+		return
+	}
+	var r [8]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		return
+	}
+	tmp := initPidFile + ".darling-sshd-" + hex.EncodeToString(r[:])
+	fd, err := unix.Openat2(dir, tmp, &unix.OpenHow{
+		Flags:   unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Mode:    0o644,
+		Resolve: beneath,
+	})
+	if err == nil {
+		_, err = unix.Write(fd, []byte(want))
+		unix.Close(fd)
+	}
+	if err == nil {
+		err = unix.Renameat(dir, tmp, dir, initPidFile)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(dir, tmp, 0)
+		l.Log.Warn("cannot repair the prefix's .init.pid", "prefix", l.Prefix, "err", err)
+		return
+	}
+	l.Log.Warn("repaired the prefix's .init.pid: it did not name the running container",
+		"prefix", l.Prefix, "pid", pid)
+}
