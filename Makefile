@@ -20,11 +20,11 @@ run: build
 	@mkdir -p $(RUN_DIR)
 	@set -e; \
 	if command -v darling >/dev/null 2>&1; then \
-		launcher=$$(command -v darling); style=env; \
+		launcher=$$(command -v darling); \
 		echo "darling-sshd: using Darling at $$launcher"; \
 	else \
 		$(GO) build -o $(BIN)/darling-standin ./integration/standin; \
-		launcher=$(CURDIR)/$(BIN)/darling-standin; style=flag; \
+		launcher=$(CURDIR)/$(BIN)/darling-standin; \
 		echo "######################################################################"; \
 		echo "## WARNING: NO DARLING INSTALLED. Using the STAND-IN LAUNCHER, a TEST"; \
 		echo "## FIXTURE ($$launcher):"; \
@@ -37,7 +37,7 @@ run: build
 	trap '' INT; \
 	status=0; \
 	$(BIN)/darling-sshd serve --listen 127.0.0.1:$(PORT) --prefix $(CURDIR)/$(RUN_DIR)/prefix \
-		--darling "$$launcher" --prefix-style $$style \
+		--darling "$$launcher" \
 		--host-key $(RUN_DIR)/ssh_host_ed25519_key --authorized-keys $(RUN_DIR)/client_key.pub || status=$$?; \
 	DPREFIX=$(CURDIR)/$(RUN_DIR)/prefix "$$launcher" shutdown || true; \
 	exit $$status

@@ -244,7 +244,10 @@ func (l *Launcher) openLauncherLog() (*os.File, error) {
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("launcher log: %w", err)
+		// The warm-up can still prove the launcher; only its output,
+		// which an error would show, is lost.
+		l.Log.Warn("launcher output not kept", "err", err)
+		return os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	}
 	return f, nil
 }

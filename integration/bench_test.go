@@ -87,8 +87,8 @@ KbdInteractiveAuthentication no
 PermitRootLogin yes
 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
 MaxStartups 200:30:300
-ForceCommand exec env HOME=/root %s --prefix %s shell /bin/sh -c "$SSH_ORIGINAL_COMMAND"
-`, port, dir, dir, dir, bins.standin, s.prefix)
+ForceCommand exec env HOME=/root DPREFIX=%s %s shell /bin/sh -c "$SSH_ORIGINAL_COMMAND"
+`, port, dir, dir, dir, s.prefix, bins.standin)
 	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
 	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
 	if err := cmd.Start(); err != nil {
@@ -257,7 +257,7 @@ func TestBench(t *testing.T) {
 	})
 	var launcher []float64
 	for range 50 {
-		launcher = append(launcher, timeRun(t, bins.standin, []string{"--prefix", s.prefix, "shell", "/bin/sh", "-c", "true"}, ""))
+		launcher = append(launcher, timeRun(t, "env", []string{"DPREFIX=" + s.prefix, bins.standin, "shell", "/bin/sh", "-c", "true"}, ""))
 	}
 	lt := summarize(launcher).Median
 	t.Logf("launcher alone: %.3f s", lt)

@@ -59,7 +59,10 @@ func TestEnvironment(t *testing.T) {
 			t.Errorf("%s leaked into the session", k)
 		}
 	}
-	want := map[string]string{"DPREFIX": s.prefix, "USER": "root", "LOGNAME": "root", "HOME": "/Users/root",
+	if v, ok := env["DPREFIX"]; ok {
+		t.Errorf("DPREFIX=%q reached the command: Darling's launcher removes it", v)
+	}
+	want := map[string]string{"USER": "root", "LOGNAME": "root", "HOME": "/Users/root",
 		"LANG": "fr_FR.UTF-8", "LC_ALL": "C"}
 	for k, v := range want {
 		if env[k] != v {
@@ -227,18 +230,28 @@ func TestCommandTooLong(t *testing.T) {
 	}
 }
 
-// TestPrefixStyleEnv serves through an upstream-style launcher that has no
-// --prefix option: the prefix reaches it as DPREFIX only.
-func TestPrefixStyleEnv(t *testing.T) {
+// TestPrefixStyleFlag serves through a wrapper that takes --prefix (the
+// stand-in's wrapper mode), with --prefix-style flag.
+func TestPrefixStyleFlag(t *testing.T) {
 	dir := t.TempDir()
-	upstream := filepath.Join(dir, "darling")
-	script := "#!/bin/sh\ncase \"$1\" in --prefix) echo \"darling: unrecognized option '--prefix'\" >&2; exit 1;; esac\nexec " + bins.standin + " \"$@\"\n"
-	if err := os.WriteFile(upstream, []byte(script), 0o755); err != nil {
+	wrapper := filepath.Join(dir, "darling")
+	script := "#!/bin/sh\nDARLING_STANDIN_WRAPPER=1 exec " + bins.standin + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, serverOpt{args: []string{"--darling", upstream, "--prefix-style", "env"}})
-	if r := s.exec(`printf '%s\n' "$DPREFIX"`, ""); r.stdout != s.prefix+"\n" || r.code != 0 {
-		t.Errorf("env style: %+v", r)
+	s := startServer(t, serverOpt{args: []string{"--darling", wrapper, "--prefix-style", "flag"}})
+	if r := s.exec(`echo in; ls -d /Users/root`, ""); r.stdout != "in\n/Users/root\n" || r.code != 0 {
+		t.Errorf("flag style: %+v", r)
+	}
+}
+
+// TestFlagStyleAgainstUpstream: upstream's launcher has no --prefix
+// option; the server refuses to start with one line saying which style to
+// use, and the launcher's whole output.
+func TestFlagStyleAgainstUpstream(t *testing.T) {
+	log := serveFails(t, "--prefix-style", "flag")
+	if !strings.Contains(log, "use --prefix-style env") || !strings.Contains(log, "is not a supported command") {
+		t.Errorf("server with --prefix-style flag against upstream's launcher:\n%s", log)
 	}
 }
 
@@ -247,9 +260,11 @@ func TestPrefixStyleEnv(t *testing.T) {
 func TestCleanStdout(t *testing.T) {
 	s := startServer(t, serverOpt{})
 	junk := "echo 'Welcome to Darling (stdout junk)'; printf '\\000\\001binary junk'\n"
-	for _, f := range []string{"etc/profile", "Users/root/.bash_profile"} {
-		if err := os.WriteFile(filepath.Join(s.prefix, f), []byte(junk), 0o644); err != nil {
-			t.Fatal(err)
+	// Written through a session: the prefix folder is an overlay's upper
+	// layer, not to be changed behind it.
+	for _, f := range []string{"/etc/profile", "/Users/root/.bash_profile"} {
+		if r := s.exec("cat >> "+f, junk); r.code != 0 {
+			t.Fatalf("append to %s: %+v", f, r)
 		}
 	}
 	if r := s.exec("printf clean; printf err >&2", ""); r.stdout != "clean" || r.stderr != "err" || r.code != 0 {

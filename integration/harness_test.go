@@ -133,6 +133,30 @@ func parseEnv(out []byte) map[string]string {
 	return env
 }
 
+// standin returns the stand-in launcher run as upstream Darling is: the
+// prefix as DPREFIX, HOME set, nothing else of ours in its environment.
+func standin(prefix string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bins.standin, args...)
+	cmd.Env = []string{"DPREFIX=" + prefix, "HOME=/root", "PATH=/usr/bin:/bin"}
+	return cmd
+}
+
+// shutdownStandin shuts the prefix's container down, if it runs, and waits
+// until it is gone: like Darling's, the stand-in's shutdown SIGKILLs it and
+// returns at once.
+func shutdownStandin(prefix string) {
+	b, _ := os.ReadFile(filepath.Join(prefix, ".init.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	standin(prefix, "shutdown").Run()
+	if pid > 0 {
+		waitFor(10*time.Second, func() bool {
+			st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+			i := bytes.LastIndexByte(st, ')')
+			return err != nil || (i > 0 && i+2 < len(st) && st[i+2] == 'Z')
+		})
+	}
+}
+
 // tempPrefix returns a prefix path that does not exist yet, short enough
 // for Darling's socket path limit; its container is shut down and its
 // folder removed after the test.
@@ -144,7 +168,7 @@ func tempPrefix(t *testing.T) string {
 	}
 	prefix := filepath.Join(dir, "p")
 	t.Cleanup(func() {
-		exec.Command(bins.standin, "--prefix", prefix, "shutdown").Run()
+		shutdownStandin(prefix)
 		os.RemoveAll(dir)
 	})
 	return prefix
@@ -210,6 +234,28 @@ func startServer(t *testing.T, o serverOpt) *server {
 	_, s.port, _ = strings.Cut(s.addr, ":")
 	s.writeSSHConfig(s.clientKey)
 	return s
+}
+
+// serveFails runs darling-sshd serve on a fresh prefix with the stand-in
+// and extra flags, expects it to refuse to start (status 1) and returns
+// what it printed.
+func serveFails(t *testing.T, extra ...string) string {
+	t.Helper()
+	prefix := tempPrefix(t)
+	dir := filepath.Dir(prefix)
+	key := newKey(t, dir, "id")
+	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--prefix", prefix, "--darling", bins.standin,
+		"--host-key", filepath.Join(dir, "hk"), "--authorized-keys", key + ".pub", "--known-hosts-out", "",
+		"--warm-timeout", "30s"}, extra...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.server, args...)
+	cmd.Env = []string{"HOME=/root", "PATH=" + os.Getenv("PATH"), noRaceExitSleep}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("serve %v: want status 1, got %v\n%s", extra, err, out)
+	}
+	return string(out)
 }
 
 // writeSSHConfig writes an ssh -F config for host "dut" that pins the
@@ -309,9 +355,7 @@ func (s *server) cleanup() {
 	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
 		s.t.Error("the race detector found a data race in the server")
 	}
-	if out, err := exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").CombinedOutput(); err != nil {
-		s.t.Errorf("stand-in shutdown: %v %s", err, out)
-	}
+	shutdownStandin(s.prefix)
 	if s.t.Failed() {
 		s.t.Logf("server log:\n%s", s.log.String())
 	}

@@ -162,11 +162,11 @@ func TestSFTPColdContainer(t *testing.T) {
 	script := "#!/bin/sh\nif [ -e " + broken + " ]; then echo 'darling: prefix is broken' >&2; exit 1; fi\nexec " + bins.standin + " \"$@\"\n"
 	os.WriteFile(launcher, []byte(script), 0o755)
 	s := startServer(t, serverOpt{args: []string{"--darling", launcher}})
-	exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").Run()
+	shutdownStandin(s.prefix)
 	if out, err := s.sftpBatch(t, "ls /\n"); err != nil || !strings.Contains(out, "Users") {
 		t.Errorf("sftp after the container died: %v %s", err, out)
 	}
-	exec.Command(bins.standin, "--prefix", s.prefix, "shutdown").Run()
+	shutdownStandin(s.prefix)
 	os.WriteFile(broken, nil, 0o644)
 	// The reason goes to the client's stderr too, but OpenSSH's sftp
 	// exits on the failed request before it prints what came with it.

@@ -84,12 +84,12 @@ rec {
     + body;
 
   # Arguments shared by init and serve to reach the prefix.
-  launcherArgs = { prefix ? defaults.prefix, darling, prefixStyle ? "flag" }:
+  launcherArgs = { prefix ? defaults.prefix, darling, prefixStyle ? "env" }:
     [ "--prefix" prefix "--darling" darling "--prefix-style" prefixStyle ];
 
   # ExecStartPre: prepare the prefix.
   initCommand =
-    { package, prefix ? defaults.prefix, darling, prefixStyle ? "flag", maxJobs ? defaults.maxJobs
+    { package, prefix ? defaults.prefix, darling, prefixStyle ? "env", maxJobs ? defaults.maxJobs
     , systemFeatures ? [ ], shareStore ? false }:
     builtins.concatStringsSep " " ([ "${package}/bin/darling-sshd" "init" ]
       ++ launcherArgs { inherit prefix darling prefixStyle; }
@@ -99,7 +99,7 @@ rec {
 
   # ExecStart: serve on loopback.
   execStart =
-    { package, prefix ? defaults.prefix, darling, prefixStyle ? "flag", port ? defaults.port
+    { package, prefix ? defaults.prefix, darling, prefixStyle ? "env", port ? defaults.port
     , stateDir ? defaults.stateDir, authorizedKeys ? "${defaults.identity}.pub", alias ? defaults.alias }:
     builtins.concatStringsSep " " ([ "${package}/bin/darling-sshd" "serve" "--listen" "127.0.0.1:${toString port}" ]
       ++ launcherArgs { inherit prefix darling prefixStyle; }

@@ -43,12 +43,13 @@ in
     };
 
     prefixStyle = lib.mkOption {
-      type = lib.types.enum [ "flag" "env" ];
-      default = "flag";
+      type = lib.types.enum [ "env" "flag" ];
+      default = "env";
       description = ''
-        How the launcher gets the prefix: `flag` (`darling --prefix P`, as
-        the darling-nix launcher takes it) or `env` (DPREFIX only, for
-        upstream Darling, which has no --prefix).
+        How the launcher gets the prefix: `env` (DPREFIX only, as upstream
+        Darling's launcher takes it: it has no --prefix option) or `flag`
+        (`darling --prefix P` plus DPREFIX, for a wrapper that wants it).
+        Darling v0.1.20251023 or later is needed.
       '';
     };
 
