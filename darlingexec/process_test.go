@@ -159,3 +159,28 @@ func TestEndFindsEarlyOrphans(t *testing.T) {
 		t.Errorf("an early orphan without the marker survived End: %v", left)
 	}
 }
+
+// TestPTYStartsWithLatestSize: the terminal is created with the latest
+// size the client sent, not the pty-req's: Darling's launcher reads the
+// size once as it starts, before it listens for changes.
+func TestPTYStartsWithLatestSize(t *testing.T) {
+	l := detachingLauncher(t)
+	// This launcher reads its terminal's size at once, as Darling's does.
+	script := "#!/bin/sh\nstty size\n"
+	if err := os.WriteFile(l.Path, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p, err := l.Start(context.Background(), Request{Command: "true", PTY: &PTY{
+		Cols: 80, Rows: 24,
+		Latest: func() (uint16, uint16, bool) { return 132, 43, true },
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(p.Stdout)
+	p.Wait()
+	p.Sweep(context.Background())
+	if got := strings.TrimSpace(string(out)); got != "43 132" {
+		t.Errorf("the launcher's terminal started at %q, want 43 132", got)
+	}
+}

@@ -165,8 +165,12 @@ func (p probe) command() string {
 // says, in one line, what the launcher did not do.
 func (l *Launcher) checkProbe(p probe, code int, log *os.File) error {
 	view, viaContainer, err := l.openView()
+	if errors.Is(err, unix.ENOENT) && code == probeStatus {
+		return fmt.Errorf("the launcher did not run the command in the prefix (%s does not exist after it ran); darling-sshd needs Darling %s or later",
+			l.Prefix, MinDarling)
+	}
 	if err != nil {
-		return err
+		return withOutput(fmt.Errorf("launcher exited with status %d%s, and %w", code, l.styleHint(log), err), log)
 	}
 	defer unix.Close(view)
 	got, rerr := readSmallFile(view, p.name, 256)

@@ -255,6 +255,18 @@ func TestFlagStyleAgainstUpstream(t *testing.T) {
 	}
 }
 
+// TestSignalKilledStatus: Darling's shellspawn reports only WEXITSTATUS
+// of its direct child, so a command killed by a signal could reach the
+// client as status 0. It must arrive as 128+n, as from a shell.
+func TestSignalKilledStatus(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	for cmd, want := range map[string]int{"kill -KILL $$": 137, "kill -TERM $$": 143, "exit 7": 7} {
+		if r := s.exec(cmd, ""); r.code != want {
+			t.Errorf("%q: status %d, want %d (%+v)", cmd, r.code, want, r)
+		}
+	}
+}
+
 // TestCleanStdout: what the prefix's startup files print to stdout before
 // the command runs never reaches the client.
 func TestCleanStdout(t *testing.T) {

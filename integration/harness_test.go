@@ -81,9 +81,10 @@ type server struct {
 }
 
 type serverOpt struct {
-	args  []string   // extra serve flags
-	env   []string   // extra server environment
-	files []*os.File // inherited from fd 3 on, without close-on-exec
+	prefix string     // the prefix to serve, if not a fresh one
+	args   []string   // extra serve flags
+	env    []string   // extra server environment
+	files  []*os.File // inherited from fd 3 on, without close-on-exec
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and many readers.
@@ -183,6 +184,9 @@ func startServer(t *testing.T, o serverOpt) *server {
 		t.Fatal(err)
 	}
 	s := &server{t: t, dir: dir, prefix: filepath.Join(dir, "p"), exited: make(chan struct{})}
+	if o.prefix != "" {
+		s.prefix = o.prefix
+	}
 	t.Cleanup(s.cleanup)
 	s.clientKey = newKey(t, dir, "id_client")
 	s.hostKey = filepath.Join(dir, "hostkey", "ssh_host_ed25519_key")

@@ -27,9 +27,17 @@ func (s *server) sftpBatch(t *testing.T, script string) (string, error) {
 	return string(out), err
 }
 
-// inPrefix returns a path of the prefix as the host sees it; the stand-in
-// has no overlay, so the host's view and the container's agree.
-func (s *server) inPrefix(p string) string { return filepath.Join(s.prefix, p) }
+// inPrefix returns a path of the prefix as its processes see it: through
+// the container's mount namespace, where Darling (and the stand-in) mount
+// an overlay at the prefix. The prefix folder on the host holds only the
+// overlay's upper layer, not to be changed behind it.
+func (s *server) inPrefix(p string) string {
+	b, err := os.ReadFile(filepath.Join(s.prefix, ".init.pid"))
+	if err != nil {
+		s.t.Fatalf("no container for the prefix: %v", err)
+	}
+	return filepath.Join("/proc", strings.TrimSpace(string(b)), "root", s.prefix, p)
+}
 
 // TestSFTPBatch: put, get, ls, mkdir, rename, rm, symlink and chmod with
 // the real sftp client, starting in the user's home.
