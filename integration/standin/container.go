@@ -2,9 +2,7 @@ package main
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -12,237 +10,412 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// container is the long-lived process of a prefix: pid 1 of its own PID
-// namespace, in its own mount namespace where it assembles the prefix view
-// at P, serving shellspawn requests on P/var/run/shellspawn.sock.
-func container(prefix string) int {
-	if err := assemble(prefix); err != nil {
-		return fail("container: %v", err)
+// dropPrivileges is darlingserver's perma_drop_privileges (and making the
+// process dumpable again, so that the caller can read /proc/<pid>/root).
+func dropPrivileges(uid, gid int) {
+	if uid == 0 && gid == 0 {
+		return
 	}
-	sock := filepath.Join(prefix, sockRel)
-	os.Remove(sock)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		die("Failed to drop group privileges")
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		die("Failed to drop user privileges")
+	}
+	unix.Prctl(unix.PR_SET_DUMPABLE, 1, 0, 0, 0)
+}
+
+// darlingserverMain is the container process (argv: darlingserver prefix
+// uid gid pipefd fix_permissions). It starts in new mount, UTS and IPC
+// namespaces as root, mounts the overlay at the prefix, reports ready on
+// pipefd, starts launchd in a new PID namespace, drops to the caller's
+// uid and stays.
+func darlingserverMain(argv []string) int {
+	if len(argv) < 6 {
+		fmt.Fprintln(os.Stderr, "darlingserver is not meant to be started manually")
+		return 1
+	}
+	prefix := argv[1]
+	uid, _ := strconv.Atoi(argv[2])
+	gid, _ := strconv.Atoi(argv[3])
+	pipefd, _ := strconv.Atoi(argv[4])
+	fix := argv[5] != "" && argv[5][0] == '1'
+	if os.Getuid() != 0 || os.Getgid() != 0 {
+		fmt.Fprintln(os.Stderr, "darlingserver needs to start as root")
+		return 1
+	}
+	self, err := os.Executable()
 	if err != nil {
-		return fail("container: %v", err)
+		die("darlingserver: %v", err)
 	}
-	r := &reaper{waiters: map[int]chan syscall.WaitStatus{}, sigc: make(chan os.Signal, 16)}
-	// Registered before any child exists, so no SIGCHLD is missed.
-	signal.Notify(r.sigc, syscall.SIGCHLD)
-	go r.run()
-	// The cold-start bug: our stdout is the first caller's, and we keep it.
-	fmt.Fprintln(os.Stdout, bootstrapMsg)
-	ready := os.NewFile(3, "ready")
-	ready.Write([]byte{1})
+	lower := filepath.Join(self+".install", "libexec", "darling")
+
+	setupUserHome(prefix, uid, gid)
+
+	// Upstream makes / a slave after replacing /dev/shm; first is safer.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		die("Cannot remount / as slave: %s", strerror(err))
+	}
+	unix.Unmount("/dev/shm", 0)
+	if err := unix.Mount("tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		die("Cannot mount new /dev/shm: %s", strerror(err))
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s.workdir,index=off", lower, prefix, prefix)
+	if err := unix.Mount("overlay", prefix, "overlay", 0, opts); err != nil {
+		if err == unix.EINVAL {
+			opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s.workdir", lower, prefix, prefix)
+			err = unix.Mount("overlay", prefix, "overlay", 0, opts)
+		}
+		if err != nil {
+			die("Cannot mount overlay: %s", strerror(err))
+		}
+	}
+	// What Darling's vchroot and its /dev handling give: the host's / at
+	// /Volumes/SystemRoot (read-write, as the user) and the host's /dev.
+	for _, m := range [][2]string{{"/", systemRoot}, {"/dev", "/dev"}} {
+		if err := unix.Mount(m[0], prefix+m[1], "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			die("Cannot mount %s: %s", m[1], strerror(err))
+		}
+	}
+
+	if fix && (uid != 0 || gid != 0) {
+		for _, p := range []string{"", "/private/etc/passwd", "/private/etc/master.passwd", "/private/etc/group"} {
+			filepath.Walk(prefix+p, func(path string, fi os.FileInfo, err error) error {
+				if err == nil {
+					os.Lchown(path, uid, gid)
+				}
+				return nil
+			})
+		}
+	}
+
+	asIDs(uid, gid, func() {
+		for _, d := range []string{"/var/tmp", "/var/run"} {
+			wipeDir(prefix + d)
+		}
+	})
+
+	ready := os.NewFile(uintptr(pipefd), "ready")
+	ready.Write([]byte("."))
 	ready.Close()
-	self, _ := os.Executable()
+
+	// Forked from the main thread (see init), so that launchd is listed in
+	// /proc/<pid>/task/<pid>/children.
+	p, err := os.StartProcess(filepath.Join(self+".install", "bin", "launchd"),
+		[]string{"launchd", prefix, strconv.Itoa(uid), strconv.Itoa(gid)},
+		&os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+			Sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}})
+	if err != nil {
+		die("Failed to fork to start launchd: %s", strerror(err))
+	}
+	dropPrivileges(uid, gid)
+	p.Wait()
+	for {
+		time.Sleep(time.Hour) // a server without launchd: still "running"
+	}
+}
+
+// asIDs runs f with effective uid and gid (darlingserver's
+// temp_drop_privileges … regain_privileges).
+func asIDs(uid, gid int, f func()) {
+	if uid == 0 && gid == 0 {
+		f()
+		return
+	}
+	syscall.Setresgid(gid, gid, 0)
+	syscall.Setresuid(uid, uid, 0)
+	f()
+	syscall.Setresuid(0, 0, 0)
+	syscall.Setresgid(0, 0, 0)
+}
+
+// setupUserHome is darlingserver's: /Users, /Users/Shared, /Users/<login>
+// and its LinuxHome link, written into the prefix folder (the future upper
+// layer) as the user, before the overlay is mounted.
+func setupUserHome(prefix string, uid, gid int) {
+	asIDs(uid, gid, func() {
+		users := prefix + "/Users"
+		unix.Unlink(users)
+		unix.Mkdir(users, 0o777)
+		unix.Mkdir(users+"/Shared", 0o777)
+		u, err := user.LookupId(strconv.Itoa(uid))
+		if err != nil || u.Username == "" {
+			die("Cannot determine your user name")
+		}
+		home, ok := os.LookupEnv("HOME")
+		if !ok {
+			die("Cannot determine your home directory")
+		}
+		dir := users + "/" + u.Username
+		unix.Mkdir(dir, 0o755)
+		unix.Unlink(dir + "/LinuxHome")
+		unix.Symlink(systemRoot+home, dir+"/LinuxHome")
+	})
+}
+
+func wipeDir(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if e.IsDir() {
+			wipeDir(p)
+			unix.Rmdir(p)
+		} else {
+			unix.Unlink(p)
+		}
+	}
+}
+
+// launchdMain is pid 1 of the container's PID namespace (argv: launchd
+// prefix uid gid), in darlingserver's mount namespace, with the first
+// caller's stdio. It mounts its /proc at P/proc, chroots at the merged
+// prefix, drops to the caller's uid and serves shellspawn: each connection
+// gets a child of its own (shellspawnMain). It also reaps orphans.
+func launchdMain(argv []string) int {
+	if len(argv) < 4 || os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "launchd: not started by darlingserver")
+		return 1
+	}
+	prefix := argv[1]
+	uid, _ := strconv.Atoi(argv[2])
+	gid, _ := strconv.Atoi(argv[3])
+	if err := unix.Mount("proc", prefix+"/proc", "proc", 0, ""); err != nil {
+		die("Cannot mount procfs: %s", strerror(err))
+	}
+	self, err := os.Executable()
+	if err != nil {
+		die("launchd: %v", err)
+	}
+	abs, _ := filepath.Abs(self)
+	spawner := systemRoot + filepath.Join(abs+".install", "bin", "shellspawn")
+	if err := unix.Chroot(prefix); err != nil {
+		die("launchd: chroot: %s", strerror(err))
+	}
+	unix.Chdir("/")
+	dropPrivileges(uid, gid)
+
+	// spawnLaunchd's puts() is followed by execl: the line is flushed only
+	// when stdout is a terminal (line-buffered).
+	if isatty(1) {
+		os.Stdout.WriteString("Bootstrapping the container with launchd...\n")
+	}
+
+	sigc := make(chan os.Signal, 16)
+	signal.Notify(sigc, syscall.SIGCHLD)
+	go func() {
+		for range sigc {
+			for {
+				pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil)
+				if err != nil || pid <= 0 {
+					break
+				}
+			}
+		}
+	}()
+
+	unix.Unlink(sockPath)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sockPath, Net: "unix"})
+	if err != nil {
+		die("Binding the unix socket: %s", strerror(err))
+	}
+	l.SetUnlinkOnClose(false)
+	os.Chmod(sockPath, 0o600)
 	for {
 		c, err := l.AcceptUnix()
 		if err != nil {
-			return fail("container: accept: %v", err)
+			continue
 		}
-		go serveSpawn(c, prefix, self, r)
-	}
-}
-
-// assemble mounts the prefix view: the host's system folders read-only,
-// /dev and a /proc of our own PID namespace.
-func assemble(prefix string) error {
-	bindRO := func(src, dst string) error {
-		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return err
-		}
-		if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("bind %s: %w", src, err)
-		}
-		return unix.MountSetattr(-1, dst, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY})
-	}
-	if err := bindRO("/usr", filepath.Join(prefix, "usr")); err != nil {
-		return err
-	}
-	for _, d := range []string{"bin", "lib", "lib64", "sbin"} {
-		host := "/" + d
-		fi, err := os.Lstat(host)
+		f, err := c.File()
+		c.Close()
 		if err != nil {
 			continue
 		}
-		dst := filepath.Join(prefix, d)
-		if fi.Mode()&os.ModeSymlink != 0 {
-			target, _ := os.Readlink(host)
-			if _, err := os.Lstat(dst); err != nil {
-				if err := os.Symlink(strings.TrimPrefix(target, "/"), dst); err != nil {
-					return err
+		syscall.ForkExec(spawner, []string{"shellspawn"}, &syscall.ProcAttr{
+			Dir:   "/",
+			Env:   []string{},
+			Files: []uintptr{0, 1, 2, f.Fd()},
+		})
+		f.Close()
+	}
+}
+
+// shellspawnMain is shellspawn's per-connection child (fd 3 is the
+// launcher's connection): it reads the commands up to GO, does setsid()
+// and TIOCSCTTY on the passed stdin, forks the command, forwards signals,
+// and writes WEXITSTATUS back. When the launcher goes away only the
+// command itself is SIGKILLed. On any error it closes the connection
+// without a status.
+func shellspawnMain() int {
+	const fd = 3
+	unix.CloseOnExec(fd)
+	argv := []string{"/bin/bash", "--login"}
+	execPath := ""
+	var env []string
+	var shellfd []int
+	putenv := func(kv string) {
+		name, _, hasEq := strings.Cut(kv, "=")
+		for i, e := range env {
+			if n, _, _ := strings.Cut(e, "="); n == name {
+				if hasEq {
+					env[i] = kv
+				} else {
+					env = append(env[:i], env[i+1:]...)
 				}
+				return
 			}
-			continue
 		}
-		if err := bindRO(host, dst); err != nil {
-			return err
-		}
-	}
-	for _, d := range []string{"dev", "proc", "var/run", "Volumes/SystemRoot"} {
-		if err := os.MkdirAll(filepath.Join(prefix, d), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := unix.Mount("/dev", filepath.Join(prefix, "dev"), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fmt.Errorf("bind /dev: %w", err)
-	}
-	if err := unix.Mount("proc", filepath.Join(prefix, "proc"), "proc", 0, ""); err != nil {
-		return fmt.Errorf("mount proc: %w", err)
-	}
-	return nil
-}
-
-// reaper is pid 1's one wait4(-1) loop; spawners wait on their pid here.
-type reaper struct {
-	mu      sync.Mutex
-	waiters map[int]chan syscall.WaitStatus
-	sigc    chan os.Signal
-}
-
-func (r *reaper) run() {
-	for range r.sigc {
-		for {
-			var ws syscall.WaitStatus
-			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-			if err != nil || pid <= 0 {
-				break
-			}
-			r.mu.Lock()
-			if c, ok := r.waiters[pid]; ok {
-				c <- ws
-				delete(r.waiters, pid)
-			}
-			r.mu.Unlock()
-		}
-	}
-}
-
-// serveSpawn runs one shellspawn request: the command gets the caller's
-// stdio, a login bash chrooted at the prefix, and the environment Darling
-// gives it.
-func serveSpawn(c *net.UnixConn, prefix, self string, r *reaper) {
-	defer c.Close()
-	var hdr [4]byte
-	oob := make([]byte, unix.CmsgSpace(3*4))
-	n, oobn, _, _, err := c.ReadMsgUnix(hdr[:], oob)
-	if err != nil || n != 4 {
-		return
-	}
-	var fds []int
-	if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil && len(msgs) == 1 {
-		fds, _ = unix.ParseUnixRights(&msgs[0])
-	}
-	closeFds := func() {
-		for _, fd := range fds {
-			unix.Close(fd)
-		}
-	}
-	defer closeFds()
-	if len(fds) != 3 {
-		return
-	}
-	body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
-	if _, err := io.ReadFull(c, body); err != nil {
-		return
-	}
-	var req request
-	if err := json.Unmarshal(body, &req); err != nil {
-		return
-	}
-	name := "user" + strconv.Itoa(req.UID)
-	if u, err := user.LookupId(strconv.Itoa(req.UID)); err == nil {
-		name = u.Username
-	}
-	home := "/Users/" + name
-	os.MkdirAll(filepath.Join(prefix, home), 0o755)
-	env := []string{"PATH=/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin", "HOME=" + home, "TMPDIR=/private/tmp"}
-	for _, kv := range req.Env {
-		k, _, _ := strings.Cut(kv, "=")
-		if k != "PATH" && k != "HOME" && k != "TMPDIR" {
+		if hasEq {
 			env = append(env, kv)
 		}
 	}
-	argv := append([]string{self, spawnCmd, prefix, req.Cwd, strconv.Itoa(req.UID), strconv.Itoa(req.GID),
-		"/bin/bash", "--login"}, req.Args...)
-	done := make(chan syscall.WaitStatus, 1)
-	r.mu.Lock()
-	pid, err := syscall.ForkExec(self, argv, &syscall.ProcAttr{
-		Env:   env,
-		Files: []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])},
-		Sys:   &syscall.SysProcAttr{Setsid: true, Setctty: req.TTY, Ctty: 0, Unshareflags: syscall.CLONE_NEWNS},
-	})
-	if err == nil {
-		r.waiters[pid] = done
+	oob := make([]byte, 3*unix.CmsgSpace(4))
+	for shellfd == nil {
+		var hdr [4]byte
+		n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, 0)
+		if err != nil || n != 4 {
+			return 1
+		}
+		cmd := binary.NativeEndian.Uint16(hdr[0:])
+		length := int(binary.NativeEndian.Uint16(hdr[2:]))
+		var param []byte
+		if length != 0 {
+			param = make([]byte, length)
+			for got := 0; got < length; {
+				m, err := unix.Read(fd, param[got:])
+				if err == unix.EINTR {
+					continue
+				}
+				if err != nil || m <= 0 {
+					return 1
+				}
+				got += m
+			}
+		}
+		str := string(param)
+		if i := strings.IndexByte(str, 0); i >= 0 {
+			str = str[:i]
+		}
+		switch cmd {
+		case cmdAddArg:
+			if param != nil {
+				argv = append(argv, str)
+			}
+		case cmdSetEnv:
+			if param != nil {
+				putenv(str)
+			}
+		case cmdChdir:
+			if param != nil {
+				unix.Chdir(str)
+			}
+		case cmdGo:
+			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+			if err != nil || len(msgs) == 0 || msgs[0].Header.Level != unix.SOL_SOCKET ||
+				msgs[0].Header.Type != unix.SCM_RIGHTS || msgs[0].Header.Len != uint64(unix.CmsgLen(3*4)) {
+				return 1
+			}
+			fds, err := unix.ParseUnixRights(&msgs[0])
+			if err != nil || len(fds) != 3 {
+				return 1
+			}
+			shellfd = fds
+		case cmdSetUIDGID:
+			// Darling's uids are virtual; the stand-in's command runs as
+			// the caller's real uid already.
+		case cmdSetExec:
+			argv = argv[:0]
+			execPath = str
+		}
 	}
-	r.mu.Unlock()
-	// The container must not keep the caller's stdio, or EOF never comes.
-	closeFds()
-	fds = nil
+
+	unix.Setsid()
+	for i, f := range shellfd {
+		unix.Dup2(f, i)
+	}
+	unix.IoctlSetInt(0, unix.TIOCSCTTY, 0)
+	if execPath == "" {
+		execPath = "/bin/bash"
+	}
+	pid, err := syscall.ForkExec(execPath, argv, &syscall.ProcAttr{Env: env, Files: []uintptr{0, 1, 2}})
 	if err != nil {
-		binary.BigEndian.PutUint32(hdr[:], 127)
-		c.Write(hdr[:])
-		return
+		return 1
 	}
-	// The launcher going away (its socket closing) SIGKILLs only our direct child.
-	hup := make(chan struct{})
+
+	kill := make(chan struct{})
 	go func() {
-		var b [1]byte
-		c.Read(b[:])
-		close(hup)
+		defer close(kill)
+		for {
+			var hdr [4]byte
+			if n, err := readFull(fd, hdr[:]); err != nil || n != 4 {
+				return // the launcher is gone
+			}
+			if binary.NativeEndian.Uint16(hdr[0:]) != cmdSignal || binary.NativeEndian.Uint16(hdr[2:]) != 4 {
+				unix.Kill(pid, unix.SIGKILL) // upstream's "goto err": no status
+				os.Exit(1)
+			}
+			var b [4]byte
+			if n, err := readFull(fd, b[:]); err != nil || n != 4 {
+				unix.Kill(pid, unix.SIGKILL)
+				os.Exit(1)
+			}
+			sig := unix.Signal(int32(binary.NativeEndian.Uint32(b[:])))
+			if sig == 16 || sig == 30 || sig <= 0 || sig >= 32 {
+				continue // SIGSTKFLT, SIGPWR: no Darwin counterpart
+			}
+			if fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
+				unix.Kill(fg, sig)
+			} else {
+				unix.Kill(-pid, sig) // the command leads no group: ESRCH
+			}
+		}
+	}()
+	exited := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(pid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		exited <- ws
 	}()
 	var ws syscall.WaitStatus
 	select {
-	case ws = <-done:
-	case <-hup:
+	case ws = <-exited:
+	case <-kill:
 		unix.Kill(pid, unix.SIGKILL)
-		return
+		ws = <-exited
 	}
-	code := 0 // a command killed by a signal reports 0, as Darling does
-	if ws.Exited() {
-		code = ws.ExitStatus()
-	}
-	binary.BigEndian.PutUint32(hdr[:], uint32(code))
-	c.Write(hdr[:])
+	var st [4]byte
+	binary.NativeEndian.PutUint32(st[:], (uint32(ws)>>8)&0xff) // WEXITSTATUS
+	unix.Write(fd, st[:])
+	return 0
 }
 
-// spawn runs in the command's own mount namespace: it shows the host's root
-// read-only at /Volumes/SystemRoot, chroots at the prefix and execs the
-// command. Args: prefix cwd uid gid argv...
-func spawn(args []string) int {
-	if len(args) < 5 {
-		return fail("spawn: bad arguments")
-	}
-	prefix, cwd, argv := args[0], args[1], args[4:]
-	uid, _ := strconv.Atoi(args[2])
-	gid, _ := strconv.Atoi(args[3])
-	sysroot := filepath.Join(prefix, "Volumes/SystemRoot")
-	if err := unix.Mount("/", sysroot, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return fail("spawn: bind /: %v", err)
-	}
-	if err := unix.MountSetattr(-1, sysroot, unix.AT_RECURSIVE, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}); err != nil {
-		return fail("spawn: read-only /Volumes/SystemRoot: %v", err)
-	}
-	if err := unix.Chroot(prefix); err != nil {
-		return fail("spawn: chroot: %v", err)
-	}
-	if err := unix.Chdir(cwd); err != nil {
-		unix.Chdir("/")
-	}
-	if uid != 0 {
-		if err := unix.Setgid(gid); err != nil {
-			return fail("spawn: setgid: %v", err)
+func readFull(fd int, b []byte) (int, error) {
+	got := 0
+	for got < len(b) {
+		n, err := unix.Read(fd, b[got:])
+		if err == unix.EINTR {
+			continue
 		}
-		if err := unix.Setuid(uid); err != nil {
-			return fail("spawn: setuid: %v", err)
+		if err != nil {
+			return got, err
 		}
+		if n == 0 {
+			return got, nil
+		}
+		got += n
 	}
-	err := unix.Exec(argv[0], argv, os.Environ())
-	return fail("spawn: exec %s: %v", argv[0], err)
+	return got, nil
 }

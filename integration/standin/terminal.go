@@ -1,7 +1,8 @@
 package main
 
 import (
-	"io"
+	"encoding/binary"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -10,67 +11,135 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// terminal is Darling's terminal mode: when the launcher's stdin is a
-// terminal, the command gets a pty of its own with the outer terminal's
-// settings and size; the outer terminal goes raw, bytes are relayed both
-// ways, and SIGWINCH becomes a size change.
-type terminal struct {
-	master, slave *os.File
-	saved         *unix.Termios
-	outDone       chan struct{}
-}
-
-func newTerminal() (*terminal, error) {
+// setupPtys is Darling's terminal mode: the command gets a pty of the
+// launcher's own, set up once from the outer terminal's termios and window
+// size; the outer terminal goes raw until exit. It returns the master and
+// sets all three fds to the slave.
+func setupPtys(fds *[3]int) int {
+	termios, err := unix.IoctlGetTermios(0, unix.TCGETS)
+	tty := err == nil
 	master, slave, err := pty.Open()
 	if err != nil {
-		return nil, err
+		die("openpty: %s", strerror(err))
 	}
-	outer, err := unix.IoctlGetTermios(0, unix.TCGETS)
-	if err != nil {
-		return nil, err
+	if tty {
+		unix.IoctlSetTermios(int(master.Fd()), unix.TCSETS, termios)
 	}
-	if err := unix.IoctlSetTermios(int(slave.Fd()), unix.TCSETS, outer); err != nil {
-		return nil, err
+	m, _ := unix.Dup(int(master.Fd()))
+	s, _ := unix.Dup(int(slave.Fd()))
+	master.Close()
+	slave.Close()
+	fds[0], fds[1], fds[2] = s, s, s
+	if tty {
+		orig := *termios
+		win, _ := unix.IoctlGetWinsize(0, unix.TIOCGWINSZ)
+		raw := *termios
+		raw.Lflag &^= unix.ICANON | unix.ISIG | unix.IEXTEN | unix.ECHO
+		raw.Iflag &^= unix.BRKINT | unix.ICRNL | unix.IGNBRK | unix.IGNCR | unix.INLCR |
+			unix.INPCK | unix.ISTRIP | unix.IXON | unix.PARMRK
+		raw.Oflag &^= unix.OPOST
+		raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
+		if err := unix.IoctlSetTermios(0, unix.TCSETS, &raw); err != nil {
+			die("tcsetattr: %s", strerror(err))
+		}
+		if win != nil {
+			unix.IoctlSetWinsize(m, unix.TIOCSWINSZ, win)
+		}
+		restoreTerm = func() { unix.IoctlSetTermios(0, unix.TCSETS, &orig) }
 	}
-	pty.InheritSize(os.Stdin, master)
-	saved := *outer
-	raw := *outer
-	// cfmakeraw
-	raw.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	raw.Oflag &^= unix.OPOST
-	raw.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	raw.Cflag &^= unix.CSIZE | unix.PARENB
-	raw.Cflag |= unix.CS8
-	raw.Cc[unix.VMIN], raw.Cc[unix.VTIME] = 1, 0
-	if err := unix.IoctlSetTermios(0, unix.TCSETS, &raw); err != nil {
-		return nil, err
-	}
-	return &terminal{master: master, slave: slave, saved: &saved, outDone: make(chan struct{})}, nil
+	return m
 }
 
-func (t *terminal) slaveFd() int { return int(t.slave.Fd()) }
-
-// start relays once the command has the slave; our copy is closed so that
-// the master reads EOF (EIO) when the command's side is gone.
-func (t *terminal) start() {
-	t.slave.Close()
-	winch := make(chan os.Signal, 1)
-	signal.Notify(winch, syscall.SIGWINCH)
+// shellLoop is upstream's: from now on signals 1-31 are caught and
+// forwarded (SIGWINCH also resizes the pty); in terminal mode bytes are
+// relayed 4 KiB at a time; the first readable event on the socket ends
+// the launcher with the status, or with 1 if there is none.
+func shellLoop(sock, master int) {
+	sigs := make(chan os.Signal, 32)
+	for i := 1; i < 32; i++ {
+		s := syscall.Signal(i)
+		if s == unix.SIGKILL || s == unix.SIGSTOP || s == unix.SIGURG {
+			continue
+		}
+		signal.Notify(sigs, s)
+	}
 	go func() {
-		for range winch {
-			pty.InheritSize(os.Stdin, t.master)
+		for s := range sigs {
+			signo := int(s.(syscall.Signal))
+			if signo == int(unix.SIGWINCH) && master != -1 {
+				if win, err := unix.IoctlGetWinsize(0, unix.TIOCGWINSZ); err == nil {
+					unix.IoctlSetWinsize(master, unix.TIOCSWINSZ, win)
+				}
+			}
+			if master == -1 && signo == int(unix.SIGINT) {
+				signo = int(unix.SIGTERM)
+			}
+			var b [4]byte
+			binary.NativeEndian.PutUint32(b[:], uint32(signo))
+			pushData(sock, cmdSignal, b[:])
 		}
 	}()
-	go io.Copy(t.master, os.Stdin)
-	go func() {
-		io.Copy(os.Stdout, t.master)
-		close(t.outDone)
-	}()
-}
 
-// wait waits until the command's output is relayed.
-func (t *terminal) wait() { <-t.outDone }
-
-func (t *terminal) restore() {
-	unix.IoctlSetTermios(0, unix.TCSETS, t.saved)
+	pfds := []unix.PollFd{
+		{Fd: int32(sock), Events: unix.POLLIN},
+		{Fd: 0, Events: unix.POLLIN},
+		{Fd: int32(master), Events: unix.POLLIN},
+	}
+	n := 1
+	if master != -1 {
+		n = 3
+		unix.SetNonblock(master, true)
+	}
+	unix.SetNonblock(sock, true)
+	buf := make([]byte, 4096)
+	for {
+		for i := range pfds {
+			pfds[i].Revents = 0
+		}
+		if _, err := unix.Poll(pfds[:n], -1); err != nil && err != unix.EINTR {
+			fmt.Fprintf(os.Stderr, "poll: %s\n", strerror(err))
+			return
+		}
+		if pfds[2].Revents&unix.POLLIN != 0 {
+			for {
+				rd, _ := unix.Read(master, buf)
+				if rd > 0 {
+					unix.Write(1, buf[:rd])
+				}
+				if rd != len(buf) {
+					break
+				}
+			}
+		}
+		if pfds[1].Revents&unix.POLLIN != 0 {
+			for {
+				avail, err := unix.IoctlGetInt(0, unix.TIOCINQ)
+				if err != nil {
+					die("ioctl: %s", strerror(err))
+				}
+				if avail > len(buf) {
+					avail = len(buf)
+				}
+				rd, err := unix.Read(0, buf[:avail])
+				if rd > 0 {
+					unix.Write(master, buf[:rd])
+				} else {
+					if err == nil {
+						err = unix.Errno(0)
+					}
+					die("read: %s", strerror(err))
+				}
+				if rd != len(buf) {
+					break
+				}
+			}
+		}
+		if pfds[0].Revents&(unix.POLLHUP|unix.POLLIN) != 0 {
+			var st [4]byte
+			if rd, _ := unix.Read(sock, st[:]); rd == 4 {
+				exit(int(int32(binary.NativeEndian.Uint32(st[:]))))
+			}
+			exit(1)
+		}
+	}
 }
