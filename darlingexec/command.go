@@ -81,9 +81,10 @@ type Launcher struct {
 	warmErr    error      // the last warm-up's outcome, under warmMu
 	warmFailed time.Time  // when it ended
 
-	contMu   sync.Mutex
-	cont     container // the verified container, under contMu
-	rejected int       // the last .init.pid pid refused, under contMu: logged once
+	contMu     sync.Mutex
+	cont       container // the verified container, under contMu
+	rejected   int       // the last .init.pid pid refused, under contMu: logged once
+	unreadable string    // the last .init.pid read error, under contMu: logged once
 
 	tracker tracker // follows running sessions' processes
 	bufs    buffers // lent to the sessions' streams while data flows

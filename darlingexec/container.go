@@ -27,29 +27,41 @@ const initPidFile = ".init.pid"
 const maxInitPid = 32
 
 // container is the prefix's darlingserver once verified: its pid and its
-// start time, so that a reused pid is never taken for it.
+// start time, so that a reused pid is never taken for it, and the id of
+// the mount at the prefix in its mount namespace (Darling's overlay).
 type container struct {
 	pid   int
 	start uint64
+	mnt   uint64
 }
 
 // containerPid returns the pid of the prefix's running container, or 0.
+func (l *Launcher) containerPid() int { return l.verified().pid }
+
+// verified returns the prefix's running container, or the zero container.
 // A container verified once stays trusted while it lives, whatever a
 // session writes into .init.pid since; otherwise .init.pid is read and
 // the process it names is verified as Darling's own launcher does and
 // more (see verifyContainer).
-func (l *Launcher) containerPid() int {
+func (l *Launcher) verified() container {
 	l.contMu.Lock()
 	defer l.contMu.Unlock()
 	if c := l.cont; c.pid != 0 {
 		if startTime(c.pid) == c.start {
-			return c.pid
+			return c
 		}
 		l.cont = container{}
 	}
 	pid, err := readInitPid(l.Prefix)
-	if err != nil || pid == 0 {
-		return 0
+	if err != nil {
+		if msg := err.Error(); msg != l.unreadable {
+			l.unreadable = msg
+			l.Log.Warn("cannot take the prefix's .init.pid", "prefix", l.Prefix, "err", err)
+		}
+		return container{}
+	}
+	if pid == 0 {
+		return container{}
 	}
 	c, err := verifyContainer(pid, l.Prefix)
 	if err != nil {
@@ -58,10 +70,10 @@ func (l *Launcher) containerPid() int {
 			l.Log.Warn("not taking the process .init.pid names for the prefix's container",
 				"prefix", l.Prefix, "pid", pid, "reason", err)
 		}
-		return 0
+		return container{}
 	}
 	l.cont = c
-	return c.pid
+	return c
 }
 
 // openPrefixDir opens the prefix folder itself, as the host sees it. The
@@ -149,9 +161,10 @@ func readInitPid(prefix string) (int, error) {
 //   - its comm is "darlingserver" and it runs as our uid (what Darling's
 //     launcher itself checks before trusting .init.pid);
 //   - it is not confined to a folder (its root is ours), and lives in a
-//     mount namespace other than ours, where an overlay is mounted at the
-//     prefix: darlingserver's. A session's process, a stale pid after a
-//     reboot, or any other process fails one of these.
+//     mount namespace other than ours, where something is mounted at the
+//     prefix: darlingserver's overlay. A session's process, a stale pid
+//     after a reboot, another prefix's container, or any other process
+//     fails one of these.
 func verifyContainer(pid int, prefix string) (container, error) {
 	proc, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -203,14 +216,18 @@ func verifyContainer(pid int, prefix string) (container, error) {
 		return container{}, err
 	}
 	defer mf.Close()
-	if ok, err := overlayAt(io.LimitReader(mf, maxMountinfo), real); err != nil || !ok {
-		return container{}, fmt.Errorf("no overlay mounted at %s in its mount namespace (%v)", real, err)
+	mnt, err := mountAt(io.LimitReader(mf, maxMountinfo), real)
+	if err != nil {
+		return container{}, fmt.Errorf("read its mountinfo: %w", err)
+	}
+	if mnt == 0 {
+		return container{}, fmt.Errorf("nothing is mounted at %s in its mount namespace", real)
 	}
 	// The same process all along: its start time has not changed.
 	if startTime(pid) != start {
 		return container{}, errors.New("it exited meanwhile")
 	}
-	return container{pid: pid, start: start}, nil
+	return container{pid: pid, start: start, mnt: mnt}, nil
 }
 
 // maxMountinfo bounds how much of a mountinfo is read.
@@ -262,26 +279,24 @@ func statusUID(status []byte) (int, bool) {
 	return -1, false
 }
 
-// overlayAt reports whether a mountinfo lists an overlay mounted at path.
-func overlayAt(r io.Reader, path string) (bool, error) {
+// mountAt returns the id of the topmost mount at path in a mountinfo, or
+// 0 if there is none. Darling mounts an overlay there; the type is not
+// required, the mount is.
+func mountAt(r io.Reader, path string) (uint64, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	var id uint64
 	for sc.Scan() {
 		// ID parent major:minor root mountpoint options [optional…] - fstype source super
 		f := strings.Fields(sc.Text())
 		if len(f) < 7 || unescapeMountinfo(f[4]) != path {
 			continue
 		}
-		for i := 6; i+1 < len(f); i++ {
-			if f[i] == "-" {
-				if f[i+1] == "overlay" {
-					return true, nil
-				}
-				break
-			}
+		if v, err := strconv.ParseUint(f[0], 10, 64); err == nil {
+			id = v // later lines are mounted over earlier ones
 		}
 	}
-	return false, sc.Err()
+	return id, sc.Err()
 }
 
 // unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
@@ -306,14 +321,14 @@ func unescapeMountinfo(s string) string {
 // openContainerView opens the prefix as the container's processes see it:
 // the overlay Darling mounts at the prefix, reached through the verified
 // container's root without following any link on the way (a session
-// cannot plant one there that leads elsewhere), and checked to be an
-// overlay.
-func openContainerView(pid int, prefix string) (int, error) {
+// cannot plant one there that leads elsewhere), and checked to be the very
+// mount verifyContainer found there.
+func openContainerView(c container, prefix string) (int, error) {
 	real, err := filepath.EvalSymlinks(prefix)
 	if err != nil {
 		return -1, err
 	}
-	root, err := unix.Open("/proc/"+strconv.Itoa(pid)+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	root, err := unix.Open("/proc/"+strconv.Itoa(c.pid)+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open the container's root: %w", err)
 	}
@@ -325,10 +340,10 @@ func openContainerView(pid int, prefix string) (int, error) {
 	if err != nil {
 		return -1, fmt.Errorf("open %s in the container: %w", real, err)
 	}
-	var st unix.Statfs_t
-	if err := unix.Fstatfs(fd, &st); err != nil || st.Type != unix.OVERLAYFS_SUPER_MAGIC {
+	var st unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil || st.Mnt_id != c.mnt {
 		unix.Close(fd)
-		return -1, fmt.Errorf("%s in the container is not Darling's overlay", real)
+		return -1, fmt.Errorf("%s in the container is not the mount found there (%v)", real, err)
 	}
 	return fd, nil
 }
@@ -336,8 +351,8 @@ func openContainerView(pid int, prefix string) (int, error) {
 // openView opens the prefix as its own processes see it: through the
 // running container when there is one, else the prefix folder itself.
 func (l *Launcher) openView() (fd int, viaContainer bool, err error) {
-	if pid := l.containerPid(); pid != 0 {
-		fd, err := openContainerView(pid, l.Prefix)
+	if c := l.verified(); c.pid != 0 {
+		fd, err := openContainerView(c, l.Prefix)
 		if err == nil {
 			return fd, true, nil
 		}

@@ -107,8 +107,8 @@ func TestContainerVerified(t *testing.T) {
 
 // TestContainerRefused: what .init.pid names is not taken for the
 // container unless it is one: a process with another name, a
-// darlingserver without the overlay (a stale pid after a reboot, a
-// session's own process), garbage, a FIFO (read without blocking) or a
+// darlingserver with nothing mounted at the prefix (a stale pid after a
+// reboot, a session's own process), garbage, a FIFO (read without blocking) or a
 // symlink.
 func TestContainerRefused(t *testing.T) {
 	for _, tc := range []struct {
@@ -117,7 +117,7 @@ func TestContainerRefused(t *testing.T) {
 		overlay bool
 	}{
 		{name: "other process", setup: func(t *testing.T, prefix string) { startNamed(t, prefix, "sleeper", true) }},
-		{name: "no overlay", setup: func(t *testing.T, prefix string) { startNamed(t, prefix, "darlingserver", false) }},
+		{name: "nothing mounted", setup: func(t *testing.T, prefix string) { startNamed(t, prefix, "darlingserver", false) }},
 		{name: "our own pid", setup: func(t *testing.T, prefix string) {
 			os.MkdirAll(prefix, 0o755)
 			os.WriteFile(filepath.Join(prefix, ".init.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
