@@ -127,10 +127,7 @@ func shQuote(s string) string {
 func Script(command, marker string) string {
 	var b strings.Builder
 	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; ")
-	if marker != "" {
-		half := len(marker) / 2
-		b.WriteString("printf '%s%s' " + shQuote(marker[:half]) + " " + shQuote(marker[half:]) + "; ")
-	}
+	writeMarker(&b, marker)
 	b.WriteString("/bin/sh -c " + shQuote(command) + "; exit $?")
 	return b.String()
 }
@@ -140,8 +137,24 @@ const outliveSignals = "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2"
 
 // shellScript is what runs for a shell session: Darling's `bash --login`
 // has sourced the prefix's profile; the shell then starts at home with the
-// Nix profiles on PATH, as a command would.
-const shellScript = `cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; /bin/bash; exit $?"
+// Nix profiles on PATH, as a command would. Without a terminal, the start
+// marker keeps what the profile printed off stdout, as for a command.
+func shellScript(marker string) string {
+	var b strings.Builder
+	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; ")
+	writeMarker(&b, marker)
+	b.WriteString("/bin/bash; exit $?")
+	return b.String()
+}
+
+// writeMarker prints the marker from two pieces, so that the script's own
+// text never contains it.
+func writeMarker(b *strings.Builder, marker string) {
+	if marker != "" {
+		half := len(marker) / 2
+		b.WriteString("printf '%s%s' " + shQuote(marker[:half]) + " " + shQuote(marker[half:]) + "; ")
+	}
+}
 
 // Args returns the launcher's arguments (without argv[0]) for a request;
 // marker is the stdout start marker ("" for none; shells have none).
@@ -152,7 +165,7 @@ func (l *Launcher) Args(req Request, marker string) []string {
 	}
 	args = append(args, "shell", "/bin/sh", "-c")
 	if req.Shell && req.Command == "" {
-		return append(args, shellScript)
+		return append(args, shellScript(marker))
 	}
 	return append(args, Script(req.Command, marker))
 }

@@ -67,9 +67,10 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	// A terminal is for a person: no marker is printed on it.
+	// A terminal is for a person: no marker is printed on it. Without
+	// one, commands and shells alike start after the marker.
 	var marker string
-	if req.PTY == nil && (req.Command != "" || !req.Shell) {
+	if req.PTY == nil {
 		marker = "\x1edarling-sshd:" + id + "\x1e"
 	}
 	args := l.Args(req, marker)

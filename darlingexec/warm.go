@@ -68,6 +68,7 @@ func (l *Launcher) warmLocked(ctx context.Context) error {
 
 func (l *Launcher) warm(ctx context.Context) error {
 	start := time.Now()
+	l.awaitReaped()
 	fail := func(err error) error { return fmt.Errorf("warm prefix %s with %s: %w", l.Prefix, l.Path, err) }
 	log, err := l.openLauncherLog()
 	if err != nil {
@@ -127,6 +128,31 @@ func (l *Launcher) warm(ctx context.Context) error {
 	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
+
+// awaitReaped waits a little for a container that was just killed to be
+// reaped. `darling shutdown` SIGKILLs it without waiting, and until its
+// parent reaps it Darling's launcher takes the zombie for a running
+// container and fails to join its namespace. Nothing signals another
+// process's reaping, so this polls, briefly.
+func (l *Launcher) awaitReaped() {
+	pid, err := readInitPid(l.Prefix)
+	if err != nil || pid == 0 {
+		return
+	}
+	for deadline := time.Now().Add(reapWait); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			return // gone
+		}
+		if _, live := parseStat(b); live {
+			return // running: not ours to wait for
+		}
+	}
+	l.Log.Warn("the prefix's dead container is not reaped; the launcher may take it for running", "pid", pid)
+}
+
+// reapWait bounds awaitReaped.
+const reapWait = 2 * time.Second
 
 // MinDarling is the oldest Darling release with what the server relies
 // on: the caller's environment forwarded to the command (894d62c,

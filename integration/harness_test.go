@@ -150,12 +150,26 @@ func shutdownStandin(prefix string) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	standin(prefix, "shutdown").Run()
 	if pid > 0 {
+		// Gone, not a zombie: Darling's launcher takes a zombie for a
+		// running container.
 		waitFor(10*time.Second, func() bool {
-			st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-			i := bytes.LastIndexByte(st, ')')
-			return err != nil || (i > 0 && i+2 < len(st) && st[i+2] == 'Z')
+			_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+			return err != nil
 		})
 	}
+}
+
+// prefixView returns a path of the prefix as its processes see it:
+// through the container's mount namespace, where Darling (and the
+// stand-in) mount an overlay at the prefix. The prefix folder on the host
+// holds only the overlay's upper layer, not to be changed behind it.
+func prefixView(t *testing.T, prefix, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(prefix, ".init.pid"))
+	if err != nil {
+		t.Fatalf("no container for the prefix: %v", err)
+	}
+	return filepath.Join("/proc", strings.TrimSpace(string(b)), "root", prefix, p)
 }
 
 // tempPrefix returns a prefix path that does not exist yet, short enough

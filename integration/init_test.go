@@ -3,7 +3,6 @@ package integration
 import (
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,14 +24,14 @@ func TestInit(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "/etc/nix/nix.conf: written") || !strings.Contains(out, "/var/empty: created") {
 		t.Fatalf("first init: exit %d\n%s", code, out)
 	}
-	conf, _ := os.ReadFile(filepath.Join(prefix, "etc/nix/nix.conf"))
+	conf, _ := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf"))
 	for _, l := range []string{"build-users-group =\n", "sandbox = false\n", "experimental-features = nix-command flakes\n",
 		"trusted-users = root\n", "max-jobs = 2\n", "system-features = big-parallel benchmark\n", "min-free = ", "max-free = "} {
 		if !strings.Contains(string(conf), l) {
 			t.Errorf("nix.conf lacks %q:\n%s", l, conf)
 		}
 	}
-	if st, err := os.Stat(filepath.Join(prefix, "var/empty")); err != nil || st.Mode().Perm() != 0o555 {
+	if st, err := os.Stat(prefixView(t, prefix, "var/empty")); err != nil || st.Mode().Perm() != 0o555 {
 		t.Errorf("/var/empty: %v %v", st, err)
 	}
 	out, code = runInit(t, prefix, "--system-features", "big-parallel,benchmark", "--max-jobs", "2")
@@ -41,24 +40,24 @@ func TestInit(t *testing.T) {
 	}
 	// A person edits the managed file: reported and kept.
 	edited := string(conf) + "extra-substituters = https://example.invalid\n"
-	os.WriteFile(filepath.Join(prefix, "etc/nix/nix.conf"), []byte(edited), 0o644)
+	os.WriteFile(prefixView(t, prefix, "etc/nix/nix.conf"), []byte(edited), 0o644)
 	out, code = runInit(t, prefix, "--max-jobs", "3")
 	if code != 0 || !strings.Contains(out, "edited by hand; left alone") {
 		t.Errorf("init over an edited file: exit %d\n%s", code, out)
 	}
-	if b, _ := os.ReadFile(filepath.Join(prefix, "etc/nix/nix.conf")); string(b) != edited {
+	if b, _ := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf")); string(b) != edited {
 		t.Error("the edited file was changed")
 	}
 	out, code = runInit(t, prefix, "--max-jobs", "3", "--force")
-	if b, _ := os.ReadFile(filepath.Join(prefix, "etc/nix/nix.conf")); code != 0 || !strings.Contains(string(b), "max-jobs = 3\n") {
+	if b, _ := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf")); code != 0 || !strings.Contains(string(b), "max-jobs = 3\n") {
 		t.Errorf("init --force: exit %d\n%s\n%s", code, out, b)
 	}
 	// Sharing the store links /nix, only when asked.
-	if target, err := os.Readlink(filepath.Join(prefix, "nix")); err == nil {
+	if target, err := os.Readlink(prefixView(t, prefix, "nix")); err == nil {
 		t.Errorf("/nix linked without --share-store: %s", target)
 	}
 	out, code = runInit(t, prefix, "--share-store")
-	if target, _ := os.Readlink(filepath.Join(prefix, "nix")); code != 0 || target != "/Volumes/SystemRoot/nix" {
+	if target, _ := os.Readlink(prefixView(t, prefix, "nix")); code != 0 || target != "/Volumes/SystemRoot/nix" {
 		t.Errorf("--share-store: exit %d, /nix -> %q\n%s", code, target, out)
 	}
 }

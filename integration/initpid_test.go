@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,24 +29,35 @@ func containerPidOf(prefix string) int {
 
 // TestInitPidNamesSessionProcess: a session starts a process named
 // darlingserver, writes its pid into /.init.pid and plants a symlink to /
-// where the prefix would be under that process's root. A server that
-// trusted the file would serve the host's / over SFTP. A second server on
-// the same prefix (it has not verified the container yet) must not.
+// where the prefix would be under that process's root. Then the real
+// darlingserver dies (its launchd, and the session, live on), so the
+// server must read .init.pid again. A server that trusted it would serve
+// the host's / over SFTP.
 func TestInitPidNamesSessionProcess(t *testing.T) {
 	s := startServer(t, serverOpt{})
 	secret := filepath.Join(s.dir, "host-secret")
 	if err := os.WriteFile(secret, []byte("host only\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	genuine := containerPidOf(s.prefix)
+	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", genuine, genuine))
+	launchd, _ := strconv.Atoi(strings.Fields(string(children) + " 0")[0])
+	if genuine == 0 || launchd == 0 {
+		t.Fatalf("no container (%d) or launchd (%d)", genuine, launchd)
+	}
+	// Killing launchd ends its PID namespace: every process of the prefix.
+	defer syscall.Kill(launchd, syscall.SIGKILL)
 	d := uniqueSleep()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	fake := s.ssh(ctx, "dut", "cp /bin/sleep /private/tmp/darlingserver && mkdir -p "+filepath.Dir(s.prefix)+
 		" && ln -s / "+s.prefix+" && exec /private/tmp/darlingserver "+d)
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer fake.Wait()
+	defer func() {
+		cancel()
+		fake.Wait()
+	}()
 	var pid int
 	if !waitFor(time.Minute, func() bool {
 		pids := procsWithArgs("/private/tmp/darlingserver", d)
@@ -57,20 +71,25 @@ func TestInitPidNamesSessionProcess(t *testing.T) {
 	if r := s.exec("printf %s "+strconv.Itoa(pid)+" > /.init.pid", ""); r.code != 0 {
 		t.Fatalf("write /.init.pid: %+v", r)
 	}
-	s2 := startServer(t, serverOpt{prefix: s.prefix})
-	out, _ := s2.sftpBatch(t, "get "+secret+" "+filepath.Join(s.dir, "got")+"\nls /\n")
-	if b, err := os.ReadFile(filepath.Join(s.dir, "got")); err == nil {
+	syscall.Kill(genuine, syscall.SIGKILL)
+	if !waitFor(10*time.Second, func() bool { return !alive(genuine) }) {
+		t.Fatal("darlingserver survived SIGKILL")
+	}
+	got := filepath.Join(s.dir, "got")
+	out, _ := s.sftpBatch(t, "get "+secret+" "+got+"\nls /\n")
+	if b, err := os.ReadFile(got); err == nil {
 		t.Fatalf("SFTP served the host's %s (%q) through a planted .init.pid:\n%s", secret, b, out)
 	}
-	if !strings.Contains(out, "Users") {
-		t.Errorf("SFTP does not serve the prefix:\n%s", out)
-	}
-	if !s2.logged("not taking the process .init.pid names") {
+	if !s.logged("not taking the process .init.pid names") {
 		t.Error("the refused .init.pid was not logged")
 	}
-	if r := s2.exec("echo ok", ""); r.stdout != "ok\n" || r.code != 0 {
-		t.Errorf("session on the second server: %+v", r)
-	}
+}
+
+// alive reports whether pid is a live (not zombie) process.
+func alive(pid int) bool {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := bytes.LastIndexByte(st, ')')
+	return err == nil && i > 0 && i+2 < len(st) && st[i+2] != 'Z'
 }
 
 // TestInitPidFIFO: a session replaces /.init.pid with a FIFO. Reading it

@@ -36,9 +36,9 @@ func setupNix(t *testing.T, s *server) *nixClient {
 		t.Fatal("nix-store not found: make test installs nix-bin")
 	}
 	conf := "build-users-group =\nsandbox = false\nextra-platforms = x86_64-darwin\nsubstituters =\nexperimental-features = nix-command\n"
-	profile := filepath.Join(s.prefix, "nix/var/nix/profiles/default/bin")
+	profile := s.inPrefix("nix/var/nix/profiles/default/bin")
 	for path, body := range map[string]string{
-		filepath.Join(s.prefix, "etc/nix/nix.conf"): conf,
+		s.inPrefix("etc/nix/nix.conf"): conf,
 		filepath.Join(profile, "nix-store"):         "#!/bin/sh\necho \"nix-store $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-store \"$@\"\n",
 		filepath.Join(profile, "nix-daemon"):        "#!/bin/sh\necho \"nix-daemon $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-daemon \"$@\"\n",
 	} {
@@ -58,7 +58,7 @@ func setupNix(t *testing.T, s *server) *nixClient {
 
 // profileUsed returns what the profile wrappers recorded.
 func (c *nixClient) profileUsed() string {
-	b, _ := os.ReadFile(filepath.Join(c.s.prefix, "private/tmp/profile-used"))
+	b, _ := os.ReadFile(c.s.inPrefix("private/tmp/profile-used"))
 	return string(b)
 }
 

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bufio"
+	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -82,11 +84,40 @@ func TestInheritedFdsDoNotLeak(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(w.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	pipe := fmt.Sprintf("pipe:[%d]", st.Ino)
 	s := startServer(t, serverOpt{files: []*os.File{w, w, w, w, w}})
-	res := s.exec("ls /proc/self/fd", "")
-	fds := strings.Fields(res.stdout)
-	// 0, 1, 2 and the one ls opens to read the folder.
-	if len(fds) > 4 {
-		t.Errorf("the command has fds %v; the server's fd 3 leaked", fds)
+	d := uniqueSleep()
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := s.ssh(ctx, "dut", "ls -l /proc/self/fd; exec sleep "+d)
+	var out syncBuffer
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		cmd.Wait()
+	}()
+	if !waitFor(time.Minute, func() bool { return len(procsWithArgs("sleep", d)) == 1 }) {
+		t.Fatal("the command never started")
+	}
+	if strings.Contains(out.String(), pipe) {
+		t.Errorf("the command holds the server's inherited %s:\n%s", pipe, out.String())
+	}
+	launchers := procsMatching(func(cl string) bool {
+		return strings.HasPrefix(cl, bins.standin+"\x00shell\x00") && strings.Contains(cl, "exec sleep "+d)
+	})
+	if len(launchers) != 1 {
+		t.Fatalf("launcher processes: %v", launchers)
+	}
+	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", launchers[0]))
+	for _, e := range ents {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", launchers[0], e.Name())); target == pipe {
+			t.Errorf("the launcher holds the server's inherited %s as fd %s", pipe, e.Name())
+		}
 	}
 }
