@@ -45,6 +45,9 @@ func warm(t *testing.T, prefix string) {
 	if err := standin(prefix, "shell", "true").Run(); err != nil {
 		t.Fatalf("cold start: %v", err)
 	}
+	if running(prefix) == 0 {
+		t.Fatalf("no darlingserver in %s/.init.pid after a cold start", prefix)
+	}
 }
 
 // running returns the pid in P/.init.pid if it is a live (not zombie)
@@ -134,6 +137,20 @@ func exitCode(t *testing.T, err error) int {
 	}
 	t.Fatal(err)
 	return -1
+}
+
+// waitTimeout waits for cmd, or kills it after d: a failure, not a hang.
+func waitTimeout(cmd *exec.Cmd, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("%s did not exit within %v", cmd, d)
+	}
 }
 
 // tempFile is an unlinked file for a command's output: unlike a pipe it
@@ -351,14 +368,21 @@ func TestStandinBootstrapOnTerminal(t *testing.T) {
 		b, _ := io.ReadAll(master) // EIO once every slave is closed
 		out <- b
 	}()
-	err = cmd.Run()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
 	slave.Close()
-	if err != nil {
+	if err := waitTimeout(cmd, 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	stopContainer(t, prefix) // the container holds the terminal until then
-	if b := <-out; !bytes.Contains(b, []byte("Bootstrapping the container with launchd...\r\n")) {
-		t.Errorf("terminal output %q lacks the Bootstrapping line", b)
+	select {
+	case b := <-out:
+		if !bytes.Contains(b, []byte("Bootstrapping the container with launchd...\r\n")) {
+			t.Errorf("terminal output %q lacks the Bootstrapping line", b)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("the terminal is still held after shutdown")
 	}
 }
 
@@ -537,17 +561,8 @@ func TestStandinTerminal(t *testing.T) {
 		out = append(out, buf[:n]...)
 	}
 	master.Write([]byte("\r")) // the command's `read x`
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("launcher: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Errorf("the launcher waits for the background job's output")
-		cmd.Process.Kill()
-		<-done
+	if err := waitTimeout(cmd, 20*time.Second); err != nil {
+		t.Errorf("the launcher, once the status is in: %v", err)
 	}
 	// Release the background job if it still waits (closing the pty sent
 	// its process group SIGHUP).
