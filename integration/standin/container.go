@@ -50,11 +50,11 @@ func darlingserverMain(argv []string) int {
 		fmt.Fprintln(os.Stderr, "darlingserver needs to start as root")
 		return 1
 	}
-	self, err := os.Executable()
+	install, err := installDir()
 	if err != nil {
 		die("darlingserver: %v", err)
 	}
-	lower := filepath.Join(self+".install", "libexec", "darling")
+	lower := filepath.Join(install, "libexec", "darling")
 
 	setupUserHome(prefix, uid, gid)
 
@@ -74,13 +74,6 @@ func darlingserverMain(argv []string) int {
 		}
 		if err != nil {
 			die("Cannot mount overlay: %s", strerror(err))
-		}
-	}
-	// What Darling's vchroot and its /dev handling give: the host's / at
-	// /Volumes/SystemRoot (read-write, as the user) and the host's /dev.
-	for _, m := range [][2]string{{"/", systemRoot}, {"/dev", "/dev"}} {
-		if err := unix.Mount(m[0], prefix+m[1], "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			die("Cannot mount %s: %s", m[1], strerror(err))
 		}
 	}
 
@@ -107,10 +100,15 @@ func darlingserverMain(argv []string) int {
 
 	// Forked from the main thread (see init), so that launchd is listed in
 	// /proc/<pid>/task/<pid>/children.
-	p, err := os.StartProcess(filepath.Join(self+".install", "bin", "launchd"),
+	// launchd gets a mount namespace of its own (Darling's shares
+	// darlingserver's) only for what stands in for vchroot: the host's /
+	// at /Volumes/SystemRoot and /dev. In Darling those are path mappings
+	// in userspace, not mounts, so the prefix as the kernel resolves it in
+	// darlingserver's namespace (as darling-sshd's SFTP does) has neither.
+	p, err := os.StartProcess(filepath.Join(install, "bin", "launchd"),
 		[]string{"launchd", prefix, strconv.Itoa(uid), strconv.Itoa(gid)},
 		&os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
-			Sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}})
+			Sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}})
 	if err != nil {
 		die("Failed to fork to start launchd: %s", strerror(err))
 	}
@@ -188,15 +186,24 @@ func launchdMain(argv []string) int {
 	prefix := argv[1]
 	uid, _ := strconv.Atoi(argv[2])
 	gid, _ := strconv.Atoi(argv[3])
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		die("launchd: cannot make / a slave: %s", strerror(err))
+	}
+	// What Darling's vchroot and its /dev handling give: the host's / at
+	// /Volumes/SystemRoot (read-write, as the user) and the host's /dev.
+	for _, m := range [][2]string{{"/", systemRoot}, {"/dev", "/dev"}} {
+		if err := unix.Mount(m[0], prefix+m[1], "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			die("Cannot mount %s: %s", m[1], strerror(err))
+		}
+	}
 	if err := unix.Mount("proc", prefix+"/proc", "proc", 0, ""); err != nil {
 		die("Cannot mount procfs: %s", strerror(err))
 	}
-	self, err := os.Executable()
+	install, err := installDir()
 	if err != nil {
 		die("launchd: %v", err)
 	}
-	abs, _ := filepath.Abs(self)
-	spawner := systemRoot + filepath.Join(abs+".install", "bin", "shellspawn")
+	spawner := systemRoot + filepath.Join(install, "bin", "shellspawn")
 	if err := unix.Chroot(prefix); err != nil {
 		die("launchd: chroot: %s", strerror(err))
 	}

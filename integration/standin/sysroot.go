@@ -40,6 +40,29 @@ func ensureInstall(exe string) (string, error) {
 	return dir, nil
 }
 
+// installDir returns the install folder of the running binary: the
+// launcher's <exe>.install, or the folder a copy in <exe>.install/bin runs
+// from.
+func installDir() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	self, _ = filepath.Abs(self)
+	if bin := filepath.Dir(self); filepath.Base(bin) == "bin" && strings.HasSuffix(filepath.Dir(bin), ".install") {
+		return filepath.Dir(bin), nil
+	}
+	return self + ".install", nil
+}
+
+func copyExecutable(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}
+
 func buildInstall(tmp, exeBase string) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
@@ -70,8 +93,15 @@ func buildInstall(tmp, exeBase string) error {
 			return err
 		}
 	}
-	for _, name := range []string{"darlingserver", "launchd", "shellspawn"} {
-		if err := os.Symlink("../../"+exeBase, filepath.Join(tmp, "bin", name)); err != nil {
+	// Copies, not links to the launcher: like Darling's own installed
+	// binaries, a running container outlives the launcher being replaced.
+	exe := filepath.Join(filepath.Dir(tmp), exeBase)
+	first := filepath.Join(tmp, "bin", "darlingserver")
+	if err := copyExecutable(exe, first); err != nil {
+		return err
+	}
+	for _, name := range []string{"launchd", "shellspawn"} {
+		if err := os.Link(first, filepath.Join(tmp, "bin", name)); err != nil {
 			return err
 		}
 	}
