@@ -120,20 +120,25 @@ func shQuote(s string) string {
 // The script does not exec the command: Darling's shellspawn reports only
 // WEXITSTATUS of its direct child, so a command killed by a signal would
 // reach the client as status 0. Waiting for it, the script's shell turns
-// that into 128+n (137 for SIGKILL) and exits with it. The script's shell
-// catches the signals a session's processes may get together (its traps do
-// nothing, and a child starts with them at their defaults), so that it
-// outlives the command and reports its status.
+// that into 128+n (137 for SIGKILL) and exits with it. See waitCommand.
 func Script(command, marker string) string {
 	var b strings.Builder
-	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; ")
+	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
-	b.WriteString("/bin/sh -c " + shQuote(command) + "; exit $?")
+	b.WriteString(waitCommand("/bin/sh -c " + shQuote(command)))
 	return b.String()
 }
 
-// outliveSignals makes the script's shell live until its command ends.
-const outliveSignals = "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2"
+// waitCommand runs cmd as the script's last step and exits with its
+// status. The script's shell catches the signals a session's processes
+// may get together (its traps do nothing, and a child starts with them at
+// their defaults), so that it outlives the command and reports its status.
+// Its own stderr goes to /dev/null while the command keeps the session's
+// (through fd 3), so that bash's "Killed" line, which names the command,
+// does not reach the client.
+func waitCommand(cmd string) string {
+	return "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2; exec 3>&2 2>/dev/null; " + cmd + " 2>&3 3>&-; exit $?"
+}
 
 // shellScript is what runs for a shell session: Darling's `bash --login`
 // has sourced the prefix's profile; the shell then starts at home with the
@@ -141,9 +146,9 @@ const outliveSignals = "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2"
 // marker keeps what the profile printed off stdout, as for a command.
 func shellScript(marker string) string {
 	var b strings.Builder
-	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; " + outliveSignals + "; ")
+	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
-	b.WriteString("/bin/bash; exit $?")
+	b.WriteString(waitCommand("/bin/bash"))
 	return b.String()
 }
 

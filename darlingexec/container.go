@@ -97,21 +97,29 @@ const beneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_N
 // read) and without following links. It reports an error if the file holds
 // more than limit bytes.
 func readSmallFile(dir int, name string, limit int) ([]byte, error) {
-	fd, err := unix.Openat2(dir, name, &unix.OpenHow{
-		Flags:   unix.O_RDONLY | unix.O_NONBLOCK | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_CLOEXEC,
+	// Looked at first without opening it (O_PATH): opening a device or a
+	// FIFO a session planted could block or have effects.
+	pfd, err := unix.Openat2(dir, name, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_NOFOLLOW | unix.O_CLOEXEC,
 		Resolve: beneath,
 	})
 	if err != nil {
 		return nil, err
 	}
-	defer unix.Close(fd)
+	defer unix.Close(pfd)
 	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
+	if err := unix.Fstat(pfd, &st); err != nil {
 		return nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, fmt.Errorf("%s is not a regular file (mode %#o)", name, st.Mode&unix.S_IFMT)
 	}
+	// The same file, opened for reading through its O_PATH descriptor.
+	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(pfd), unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
 	buf := make([]byte, limit+1)
 	n := 0
 	for n < len(buf) {
@@ -207,6 +215,16 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if theirNS == ourNS {
 		return container{}, errors.New("it shares our mount namespace")
 	}
+	// Darling's launcher starts darlingserver in its caller's PID
+	// namespace; every process of a session lives in launchd's own.
+	theirPID, err1 := readlinkat(proc, "ns/pid")
+	ourPID, err2 := os.Readlink("/proc/self/ns/pid")
+	if err1 != nil || err2 != nil {
+		return container{}, fmt.Errorf("PID namespace: %w", errors.Join(err1, err2))
+	}
+	if theirPID != ourPID {
+		return container{}, errors.New("it lives in another PID namespace (a container's process, not darlingserver)")
+	}
 	real, err := filepath.EvalSymlinks(prefix)
 	if err != nil {
 		return container{}, err
@@ -220,14 +238,23 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if err != nil {
 		return container{}, fmt.Errorf("read its mountinfo: %w", err)
 	}
-	if mnt == 0 {
+	if mnt.id == 0 {
 		return container{}, fmt.Errorf("nothing is mounted at %s in its mount namespace", real)
+	}
+	// A mount at the prefix that the host has too is not the container's
+	// own (another prefix's darlingserver would show it as well).
+	if ours, err := os.Open("/proc/self/mountinfo"); err == nil {
+		host, _ := mountAt(io.LimitReader(ours, maxMountinfo), real)
+		ours.Close()
+		if host.id != 0 && host.source == mnt.source {
+			return container{}, fmt.Errorf("the mount at %s is the host's, not a container's", real)
+		}
 	}
 	// The same process all along: its start time has not changed.
 	if startTime(pid) != start {
 		return container{}, errors.New("it exited meanwhile")
 	}
-	return container{pid: pid, start: start, mnt: mnt}, nil
+	return container{pid: pid, start: start, mnt: mnt.id}, nil
 }
 
 // maxMountinfo bounds how much of a mountinfo is read.
@@ -279,24 +306,41 @@ func statusUID(status []byte) (int, bool) {
 	return -1, false
 }
 
-// mountAt returns the id of the topmost mount at path in a mountinfo, or
-// 0 if there is none. Darling mounts an overlay there; the type is not
+// mountInfo is a mount at a path: its id, and what it mounts (device,
+// root, type and source), which is the same in every namespace it is
+// copied to.
+type mountInfo struct {
+	id     uint64
+	source string
+}
+
+// mountAt returns the topmost mount at path in a mountinfo; its id is 0
+// if there is none. Darling mounts an overlay there; the type is not
 // required, the mount is.
-func mountAt(r io.Reader, path string) (uint64, error) {
+func mountAt(r io.Reader, path string) (mountInfo, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	var id uint64
+	var m mountInfo
 	for sc.Scan() {
 		// ID parent major:minor root mountpoint options [optional…] - fstype source super
 		f := strings.Fields(sc.Text())
 		if len(f) < 7 || unescapeMountinfo(f[4]) != path {
 			continue
 		}
-		if v, err := strconv.ParseUint(f[0], 10, 64); err == nil {
-			id = v // later lines are mounted over earlier ones
+		v, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			continue
 		}
+		src := f[2] + " " + f[3]
+		for i := 6; i+2 < len(f); i++ {
+			if f[i] == "-" {
+				src += " " + f[i+1] + " " + f[i+2]
+				break
+			}
+		}
+		m = mountInfo{id: v, source: src} // later lines are mounted over earlier ones
 	}
-	return id, sc.Err()
+	return m, sc.Err()
 }
 
 // unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
@@ -328,11 +372,20 @@ func openContainerView(c container, prefix string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	root, err := unix.Open("/proc/"+strconv.Itoa(c.pid)+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	proc, err := unix.Open("/proc/"+strconv.Itoa(c.pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("open the container's /proc entry: %w", err)
+	}
+	defer unix.Close(proc)
+	root, err := unix.Openat(proc, "root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("open the container's root: %w", err)
 	}
 	defer unix.Close(root)
+	// Still the verified process: a pid reused since fails here.
+	if startTime(c.pid) != c.start {
+		return -1, errors.New("the container exited")
+	}
 	fd, err := unix.Openat2(root, strings.TrimPrefix(real, "/"), &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
@@ -341,7 +394,15 @@ func openContainerView(c container, prefix string) (int, error) {
 		return -1, fmt.Errorf("open %s in the container: %w", real, err)
 	}
 	var st unix.Statx_t
-	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st); err != nil || st.Mnt_id != c.mnt {
+	err = unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st)
+	if err == nil && st.Mask&unix.STATX_MNT_ID == 0 {
+		// Before Linux 5.8 there is no mount id: an overlay will do.
+		var fs unix.Statfs_t
+		if err = unix.Fstatfs(fd, &fs); err == nil && fs.Type == unix.OVERLAYFS_SUPER_MAGIC {
+			return fd, nil
+		}
+	}
+	if err != nil || st.Mnt_id != c.mnt {
 		unix.Close(fd)
 		return -1, fmt.Errorf("%s in the container is not the mount found there (%v)", real, err)
 	}
@@ -394,9 +455,21 @@ func (l *Launcher) repairInitPid(pid int) {
 	}
 	if err == nil {
 		err = unix.Renameat(dir, tmp, dir, initPidFile)
+		if errors.Is(err, unix.EISDIR) || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+			// A folder planted there: swap it out, and remove it if it
+			// is empty (a full one stays, under the temporary name).
+			if err = unix.Renameat2(dir, tmp, dir, initPidFile, unix.RENAME_EXCHANGE); err == nil {
+				if unix.Unlinkat(dir, tmp, unix.AT_REMOVEDIR) != nil {
+					l.Log.Warn("a folder was planted at the prefix's .init.pid; moved aside", "prefix", l.Prefix, "name", tmp)
+				}
+				tmp = ""
+			}
+		}
 	}
 	if err != nil {
-		_ = unix.Unlinkat(dir, tmp, 0)
+		if tmp != "" {
+			_ = unix.Unlinkat(dir, tmp, 0)
+		}
 		l.Log.Warn("cannot repair the prefix's .init.pid", "prefix", l.Prefix, "err", err)
 		return
 	}

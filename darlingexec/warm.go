@@ -87,7 +87,10 @@ func (l *Launcher) warm(ctx context.Context) error {
 	// start hands stdout and stderr to the container for good (#1510):
 	// both go to the launcher log, never to a pipe nobody reads later.
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A cold start leaves the container in the launcher's session and
+	// process group: a session of its own keeps it clear of the server's
+	// terminal (make run) and of signals to the server's group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return fail(fmt.Errorf("start launcher: %w", err))
 	}
@@ -148,7 +151,7 @@ func (l *Launcher) awaitReaped() {
 			return // running: not ours to wait for
 		}
 	}
-	l.Log.Warn("the prefix's dead container is not reaped; the launcher may take it for running", "pid", pid)
+	l.Log.Warn("the prefix's dead container is not reaped; the launcher may take it for running", "prefix", l.Prefix, "pid", pid)
 }
 
 // reapWait bounds awaitReaped.
@@ -237,18 +240,36 @@ func (l *Launcher) styleHint(log *os.File) string {
 }
 
 // maxLauncherOutput bounds how much of the launcher's output an error
-// shows.
+// shows: its first and last halves, as the decisive line often comes last.
 const maxLauncherOutput = 16 << 10
 
-// readLog returns the launcher log's first maxLauncherOutput bytes.
+// readLog returns the launcher log, whole up to maxLauncherOutput bytes,
+// else its beginning and its end.
 func readLog(log *os.File) string {
-	b := make([]byte, maxLauncherOutput)
-	n, _ := log.ReadAt(b, 0)
-	return strings.ToValidUTF8(strings.TrimSpace(string(b[:n])), "?")
+	var size int64
+	if st, err := log.Stat(); err == nil && st.Mode().IsRegular() {
+		size = st.Size()
+	}
+	half := int64(maxLauncherOutput / 2)
+	read := func(off, n int64) string {
+		b := make([]byte, n)
+		m, _ := log.ReadAt(b, off)
+		return string(b[:m])
+	}
+	var out string
+	if size <= 2*half {
+		out = read(0, 2*half)
+	} else {
+		out = read(0, half) + fmt.Sprintf("\n[… %d bytes left out …]\n", size-2*half) + read(size-half, half)
+	}
+	return strings.ToValidUTF8(strings.TrimSpace(out), "?")
 }
 
 // withOutput adds what the launcher printed, whole up to a bound, to err.
 func withOutput(err error, log *os.File) error {
+	if log.Name() == os.DevNull {
+		return fmt.Errorf("%w (its output was not kept: see the warning about the launcher log)", err)
+	}
 	out := readLog(log)
 	if out == "" {
 		return fmt.Errorf("%w (it printed nothing)", err)

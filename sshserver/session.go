@@ -242,6 +242,7 @@ func (se *session) setPty(payload []byte) bool {
 		return false
 	}
 	se.pty = r
+	se.size.Store(nil) // a window-change before pty-req is not the terminal's size
 	return true
 }
 
