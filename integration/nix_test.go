@@ -38,9 +38,9 @@ func setupNix(t *testing.T, s *server) *nixClient {
 	conf := "build-users-group =\nsandbox = false\nextra-platforms = x86_64-darwin\nsubstituters =\nexperimental-features = nix-command\n"
 	profile := s.inPrefix("nix/var/nix/profiles/default/bin")
 	for path, body := range map[string]string{
-		s.inPrefix("etc/nix/nix.conf"): conf,
-		filepath.Join(profile, "nix-store"):         "#!/bin/sh\necho \"nix-store $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-store \"$@\"\n",
-		filepath.Join(profile, "nix-daemon"):        "#!/bin/sh\necho \"nix-daemon $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-daemon \"$@\"\n",
+		s.inPrefix("etc/nix/nix.conf"):       conf,
+		filepath.Join(profile, "nix-store"):  "#!/bin/sh\necho \"nix-store $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-store \"$@\"\n",
+		filepath.Join(profile, "nix-daemon"): "#!/bin/sh\necho \"nix-daemon $*\" >> /private/tmp/profile-used\nexec /usr/bin/nix-daemon \"$@\"\n",
 	} {
 		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
