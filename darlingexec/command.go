@@ -133,11 +133,14 @@ func Script(command, marker string) string {
 // status. The script's shell catches the signals a session's processes
 // may get together (its traps do nothing, and a child starts with them at
 // their defaults), so that it outlives the command and reports its status.
-// Its own stderr goes to /dev/null while the command keeps the session's
-// (through fd 3), so that bash's "Killed" line, which names the command,
-// does not reach the client.
+// Its own stderr goes to /dev/null, and the command gets the session's
+// back (kept on fd 3) in its own process before it execs, so that the
+// shell's "Killed" line (bash's names the command) never reaches the
+// client: a redirection on the command itself would hold the session's
+// stderr while the shell reports.
 func waitCommand(cmd string) string {
-	return "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2; exec 3>&2 2>/dev/null; " + cmd + " 2>&3 3>&-; exit $?"
+	return "trap : HUP INT QUIT TERM PIPE ALRM USR1 USR2; exec 3>&2 2>/dev/null; " +
+		`/bin/sh -c 'exec 2>&3 3>&-; exec "$@"' sh ` + cmd + "; exit $?"
 }
 
 // shellScript is what runs for a shell session: Darling's `bash --login`
