@@ -271,3 +271,43 @@ func TestServerShutdownEndsSessions(t *testing.T) {
 	}
 	<-s.exited
 }
+
+// cpuTicks returns a process's user and system CPU time in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+// TestOutputHeldOpenIsIdle: after the launcher exits, a background process
+// holding the session's output keeps it open; the server waits for it
+// without spinning (a closed channel left in a select once made the
+// session's goroutine burn a core for as long as the output stayed open).
+func TestOutputHeldOpenIsIdle(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	const hold = 5 * time.Second
+	for _, extra := range [][]string{nil, {"-tt"}} {
+		before := cpuTicks(t, s.cmd.Process.Pid)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := s.ssh(ctx, append(extra, "dut", "sleep "+strconv.Itoa(int(hold.Seconds()))+" & echo hi")...).Output()
+		cancel()
+		wall := time.Since(start)
+		used := time.Duration(cpuTicks(t, s.cmd.Process.Pid)-before) * time.Second / 100
+		if err != nil || !strings.Contains(string(out), "hi") {
+			t.Fatalf("ssh %v: %v %q", extra, err, out)
+		}
+		// 1% of the time the output was held, plus what a login and a
+		// session cost on their own (10 to 20 ms here, with -race).
+		if limit := hold/100 + 40*time.Millisecond; used > limit {
+			t.Errorf("ssh %v: the server used %v of CPU in %v while the output was held (limit %v)", extra, used, wall, limit)
+		}
+		t.Logf("ssh %v: server CPU %v in %v", extra, used, wall)
+	}
+}

@@ -428,6 +428,9 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 	// reqs is nil once the peer has gone.
 	exited, drained, serverEnded := false, false, false
 	shutdown := se.s.ctx.Done()
+	// Each event source is set to nil once it has fired: a closed channel
+	// is always ready, and would spin this loop.
+	done, drainedc := p.Done(), (<-chan struct{})(outDone)
 	var drainTimeout <-chan time.Time
 	// endProcesses ends the session's processes, then gives their output
 	// drain to arrive before it stops reading it: a process outside the
@@ -457,8 +460,8 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 			se.peerGone()
 			log.Info("client went away; ending session processes")
 			endProcesses(0)
-		case <-p.Done():
-			exited = true
+		case <-done:
+			done, exited = nil, true
 			if st, _ := p.Wait(); st.Signal != "" && !st.Ended {
 				// The launcher itself was killed: Darling then SIGKILLs
 				// only the command's direct child, and the rest of the
@@ -466,8 +469,8 @@ func (se *session) supervise(p *darlingexec.Process, r darlingexec.Request, reqs
 				log.Warn("launcher died of a signal; ending session processes", "signal", st.Signal)
 				endProcesses(drainGrace)
 			}
-		case <-outDone:
-			drained = true
+		case <-drainedc:
+			drainedc, drained = nil, true
 		case <-drainTimeout:
 			drainTimeout = nil
 			p.CloseOutput()
