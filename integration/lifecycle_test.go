@@ -303,9 +303,11 @@ func TestOutputHeldOpenIsIdle(t *testing.T) {
 		if err != nil || !strings.Contains(string(out), "hi") {
 			t.Fatalf("ssh %v: %v %q", extra, err, out)
 		}
-		// 1% of the time the output was held, plus what a login and a
-		// session cost on their own (10 to 20 ms here, with -race).
-		if limit := hold/100 + 40*time.Millisecond; used > limit {
+		// 1% of the time the output was held, plus what a login, a
+		// session and the process tracker's /proc walks cost on their own
+		// (20 to 50 ms here, with -race, on a busy machine). The spinning
+		// loop this guards against used all of the 5 s.
+		if limit := hold/100 + 60*time.Millisecond; used > limit {
 			t.Errorf("ssh %v: the server used %v of CPU in %v while the output was held (limit %v)", extra, used, wall, limit)
 		}
 		t.Logf("ssh %v: server CPU %v in %v", extra, used, wall)
