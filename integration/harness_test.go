@@ -148,7 +148,13 @@ func standin(prefix string, args ...string) *exec.Cmd {
 func shutdownStandin(prefix string) {
 	b, _ := os.ReadFile(filepath.Join(prefix, ".init.pid"))
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	standin(prefix, "shutdown").Run()
+	// Bounded: like Darling's, the stand-in opens .init.pid blocking, and
+	// a test may leave a FIFO there.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bins.standin, "shutdown")
+	cmd.Env = standin(prefix).Env
+	cmd.Run()
 	if pid > 0 {
 		// Gone, not a zombie: Darling's launcher takes a zombie for a
 		// running container.
