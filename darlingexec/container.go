@@ -215,15 +215,13 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if theirNS == ourNS {
 		return container{}, errors.New("it shares our mount namespace")
 	}
-	// Darling's launcher starts darlingserver in its caller's PID
-	// namespace; every process of a session lives in launchd's own.
-	theirPID, err1 := readlinkat(proc, "ns/pid")
-	ourPID, err2 := os.Readlink("/proc/self/ns/pid")
-	if err1 != nil || err2 != nil {
-		return container{}, fmt.Errorf("PID namespace: %w", errors.Join(err1, err2))
-	}
-	if theirPID != ourPID {
-		return container{}, errors.New("it lives in another PID namespace (a container's process, not darlingserver)")
+	// Darling's launcher starts darlingserver from its caller's PID
+	// namespace, so its parent (the launcher, or the init that adopted it)
+	// lives in ours. Every process of a session descends from launchd,
+	// which has a PID namespace of its own, and so does the parent of any
+	// session process, even one orphaned on purpose.
+	if err := parentInOurPIDNamespace(proc); err != nil {
+		return container{}, err
 	}
 	real, err := filepath.EvalSymlinks(prefix)
 	if err != nil {
@@ -255,6 +253,31 @@ func verifyContainer(pid int, prefix string) (container, error) {
 		return container{}, errors.New("it exited meanwhile")
 	}
 	return container{pid: pid, start: start, mnt: mnt.id}, nil
+}
+
+// parentInOurPIDNamespace checks that the parent of the process whose
+// /proc folder is proc lives in our PID namespace.
+func parentInOurPIDNamespace(proc int) error {
+	stat, err := readProcFile(proc, "stat", 4096)
+	if err != nil {
+		return err
+	}
+	p, ok := parseStat(stat)
+	if !ok {
+		return errors.New("not running")
+	}
+	if p.ppid == 0 {
+		return nil // adopted from outside our namespace: not a container's
+	}
+	theirs, err1 := os.Readlink("/proc/" + strconv.Itoa(p.ppid) + "/ns/pid")
+	ours, err2 := os.Readlink("/proc/self/ns/pid")
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("its parent's PID namespace: %w", errors.Join(err1, err2))
+	}
+	if theirs != ours {
+		return fmt.Errorf("its parent %d lives in another PID namespace: it is a container's process, not darlingserver", p.ppid)
+	}
+	return nil
 }
 
 // maxMountinfo bounds how much of a mountinfo is read.

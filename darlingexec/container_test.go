@@ -212,3 +212,74 @@ func TestUnescapeMountinfo(t *testing.T) {
 		}
 	}
 }
+
+// startInPIDNamespace starts, in a new PID and mount namespace with an
+// overlay at prefix, a process named darlingserver: as that namespace's
+// pid 1 (its parent, unshare, lives in ours: how a stand-in may start its
+// container) or as a child of the namespace's pid 1 (as a session's
+// process is a descendant of launchd). It writes its host pid into
+// prefix/.init.pid.
+func startInPIDNamespace(t *testing.T, prefix string, asChild bool) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	dir := filepath.Dir(prefix)
+	lower := filepath.Join(dir, "lower")
+	for _, d := range []string{prefix, prefix + ".workdir", lower} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "darlingserver")
+	sleep, _ := exec.LookPath("sleep")
+	if err := exec.Command("cp", sleep, bin).Run(); err != nil {
+		t.Fatal(err)
+	}
+	arg := strconv.Itoa(100000 + os.Getpid()%800000)
+	run := "exec " + bin + " " + arg
+	if asChild {
+		run = bin + " " + arg + " & wait"
+	}
+	cmd := exec.Command("unshare", "--pid", "--kill-child", "--mount", "--propagation", "private", "sh", "-c",
+		"mount -t overlay overlay -o lowerdir="+lower+",upperdir="+prefix+",workdir="+prefix+".workdir "+prefix+" && "+run)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill() // unshare: its child, pid 1 of the namespace, and all in it die
+		cmd.Wait()
+	})
+	var pid int
+	for deadline := time.Now().Add(10 * time.Second); pid == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no darlingserver in a PID namespace")
+		}
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			b, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if string(b) == bin+"\x00"+arg+"\x00" {
+				pid, _ = strconv.Atoi(e.Name())
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(prefix, ".init.pid"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestContainerPIDNamespace: a container that is pid 1 of a PID namespace
+// of its own is taken (its parent lives in ours); a process inside that
+// namespace, as a session's processes are, is not, whatever its name.
+func TestContainerPIDNamespace(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "p")
+	startInPIDNamespace(t, prefix, false)
+	if pid := testLauncher(prefix).containerPid(); pid == 0 {
+		t.Error("a darlingserver that is pid 1 of its own PID namespace was refused")
+	}
+	prefix = filepath.Join(t.TempDir(), "p")
+	startInPIDNamespace(t, prefix, true)
+	if pid := testLauncher(prefix).containerPid(); pid != 0 {
+		t.Errorf("took %d, a process of another PID namespace, for the container", pid)
+	}
+}
