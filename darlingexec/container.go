@@ -256,7 +256,10 @@ func verifyContainer(pid int, prefix string) (container, error) {
 }
 
 // parentInOurPIDNamespace checks that the parent of the process whose
-// /proc folder is proc lives in our PID namespace.
+// /proc folder is proc lives in our PID namespace: its NSpid line lists as
+// many pids as ours (one per namespace level, as /proc sees them). The
+// namespace links themselves may not be readable (pid 1's, in some
+// sandboxes); the status files are.
 func parentInOurPIDNamespace(proc int) error {
 	stat, err := readProcFile(proc, "stat", 4096)
 	if err != nil {
@@ -269,8 +272,8 @@ func parentInOurPIDNamespace(proc int) error {
 	if p.ppid == 0 {
 		return nil // adopted from outside our namespace: not a container's
 	}
-	theirs, err1 := os.Readlink("/proc/" + strconv.Itoa(p.ppid) + "/ns/pid")
-	ours, err2 := os.Readlink("/proc/self/ns/pid")
+	theirs, err1 := nsDepth("/proc/" + strconv.Itoa(p.ppid) + "/status")
+	ours, err2 := nsDepth("/proc/self/status")
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("its parent's PID namespace: %w", errors.Join(err1, err2))
 	}
@@ -278,6 +281,26 @@ func parentInOurPIDNamespace(proc int) error {
 		return fmt.Errorf("its parent %d lives in another PID namespace: it is a container's process, not darlingserver", p.ppid)
 	}
 	return nil
+}
+
+// nsDepth returns how many PID namespaces a /proc/<pid>/status's NSpid
+// line names.
+func nsDepth(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 16<<10))
+	if err != nil {
+		return 0, err
+	}
+	for line := range bytes.Lines(b) {
+		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
+			return len(strings.Fields(string(rest))), nil
+		}
+	}
+	return 0, fmt.Errorf("%s has no NSpid line", path)
 }
 
 // maxMountinfo bounds how much of a mountinfo is read.

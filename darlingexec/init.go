@@ -116,7 +116,7 @@ func (l *Launcher) Init(ctx context.Context, o InitOptions, out io.Writer) error
 		return err
 	}
 	want := NixConf(o)
-	have, _, err := l.run(ctx, "cat "+nixConfPath+" 2>/dev/null", "")
+	have, err := l.run(ctx, "if [ -e "+nixConfPath+" ]; then cat "+nixConfPath+"; fi", "")
 	if err != nil {
 		return fmt.Errorf("read %s in the prefix: %w", nixConfPath, err)
 	}
@@ -126,46 +126,69 @@ func (l *Launcher) Init(ctx context.Context, o InitOptions, out io.Writer) error
 	case have != "" && !managedUnedited(have) && !o.Force:
 		fmt.Fprintf(out, "%s: edited by hand; left alone (init --force overwrites it)\n", nixConfPath)
 	default:
-		if _, code, err := l.run(ctx, "mkdir -p /etc/nix && cat > "+nixConfPath+".tmp && mv "+nixConfPath+".tmp "+nixConfPath, want); err != nil || code != 0 {
-			return fmt.Errorf("write %s in the prefix: status %d %v", nixConfPath, code, err)
+		if _, err := l.run(ctx, "mkdir -p /etc/nix && cat > "+nixConfPath+".tmp && mv "+nixConfPath+".tmp "+nixConfPath, want); err != nil {
+			return fmt.Errorf("write %s in the prefix: %w", nixConfPath, err)
 		}
 		fmt.Fprintf(out, "%s: written\n", nixConfPath)
 	}
 	if o.ShareStore {
-		res, code, err := l.run(ctx, `if [ "$(readlink /nix)" = /Volumes/SystemRoot/nix ]; then echo unchanged
+		res, err := l.run(ctx, `if [ "$(readlink /nix)" = /Volumes/SystemRoot/nix ]; then echo unchanged
 elif [ -d /nix ] && [ ! -L /nix ] && [ -n "$(ls -A /nix)" ]; then echo "not empty; left alone"
 else rm -f /nix 2>/dev/null; rmdir /nix 2>/dev/null; ln -s /Volumes/SystemRoot/nix /nix && echo "linked to /Volumes/SystemRoot/nix"; fi`, "")
-		if err != nil || code != 0 {
-			return fmt.Errorf("link /nix in the prefix: status %d %v", code, err)
+		if err != nil {
+			return fmt.Errorf("link /nix in the prefix: %w", err)
 		}
 		fmt.Fprintf(out, "/nix: %s", res)
 	}
-	res, code, err := l.run(ctx, `if [ -d /var/empty ]; then echo unchanged; else mkdir -p /var/empty && chmod 555 /var/empty && echo created; fi`, "")
-	if err != nil || code != 0 {
-		return fmt.Errorf("create /var/empty in the prefix: status %d %v", code, err)
+	res, err := l.run(ctx, `if [ -d /var/empty ]; then echo unchanged; else mkdir -p /var/empty && chmod 555 /var/empty && echo created; fi`, "")
+	if err != nil {
+		return fmt.Errorf("create /var/empty in the prefix: %w", err)
 	}
 	fmt.Fprintf(out, "/var/empty: %s", res)
 	return nil
 }
 
-// run runs a command in the prefix with stdin and returns its stdout and
-// exit status.
-func (l *Launcher) run(ctx context.Context, command, stdin string) (string, int, error) {
+// run runs a command in the prefix with stdin and returns its stdout. A
+// command that fails is an error saying how, with what it wrote to stderr
+// (up to maxRunStderr bytes).
+func (l *Launcher) run(ctx context.Context, command, stdin string) (string, error) {
 	p, err := l.Start(ctx, Request{Command: command})
 	if err != nil {
-		return "", 0, err
+		return "", err
 	}
 	defer p.CloseOutput()
 	go func() {
 		io.WriteString(p.Stdin, stdin)
 		p.Stdin.Close()
 	}()
-	go io.Copy(io.Discard, p.Stderr)
-	out, err := io.ReadAll(p.Stdout)
-	if err != nil {
-		return "", 0, err
-	}
-	st, err := p.Wait()
+	errc := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(p.Stderr, maxRunStderr))
+		io.Copy(io.Discard, p.Stderr)
+		errc <- b
+	}()
+	out, rerr := io.ReadAll(p.Stdout)
+	st, werr := p.Wait()
+	// Ends what the command left behind, so that its stderr closes.
 	p.Sweep(ctx)
-	return string(out), st.Code, err
+	stderr := strings.TrimSpace(strings.ToValidUTF8(string(<-errc), "?"))
+	switch {
+	case rerr != nil:
+		return "", rerr
+	case werr != nil:
+		return "", werr
+	case st.Signal != "":
+		err = fmt.Errorf("the launcher died of SIG%s", st.Signal)
+	case st.Code != 0:
+		err = fmt.Errorf("exit status %d", st.Code)
+	default:
+		return string(out), nil
+	}
+	if stderr != "" {
+		err = fmt.Errorf("%w: %s", err, stderr)
+	}
+	return "", err
 }
+
+// maxRunStderr bounds what init reports of a failed command's stderr.
+const maxRunStderr = 4 << 10

@@ -166,15 +166,19 @@ const MinDarling = "v0.1.20251023"
 // probeVar carries the warm-up's random value to its command.
 const probeVar = "DARLING_SSHD_PROBE"
 
-// probeStatus is the warm-up command's exit status, which the launcher
-// must report.
-const probeStatus = 42
+// The warm-up command's exit statuses: the launcher must report them.
+const (
+	probeStatus  = 42 // all went well
+	probeNoWrite = 43 // the probe file could not be written (a full disk)
+	probeNoEnv   = 44 // the variable the server set did not arrive
+)
 
-// probe is the warm-up's self-test: its command writes the value of a
-// variable the server sets into a file with a random name at the root of
-// its own view. Finding the file in the prefix's view, holding that value,
-// with the status the command exited with, shows that the launcher ran the
-// command in the prefix, forwarded the environment and reports statuses.
+// probe is the warm-up's self-test. Its command checks that a variable
+// the server set arrived with its random value (only the environment
+// carries it), writes a file with a random name at the root of its own
+// view, and exits 42. Finding that file in the prefix's view, and the
+// statuses the command chose, show that the launcher ran the command in
+// the prefix, forwarded the environment and reports exit statuses.
 type probe struct{ name, value string }
 
 func newProbe() (probe, error) {
@@ -187,12 +191,22 @@ func newProbe() (probe, error) {
 }
 
 func (p probe) command() string {
-	return fmt.Sprintf(`printf %%s "$%s" > /%s; exit %d`, probeVar, p.name, probeStatus)
+	return fmt.Sprintf(`[ "$%s" = %s ] || exit %d; : > /%s || exit %d; exit %d`,
+		probeVar, p.value, probeNoEnv, p.name, probeNoWrite, probeStatus)
 }
 
-// checkProbe reads and removes the probe's file in the prefix's view and
-// says, in one line, what the launcher did not do.
+// checkProbe looks for the probe's file in the prefix's view, removes it,
+// and says in one line what the launcher did not do.
 func (l *Launcher) checkProbe(p probe, code int, log *os.File) error {
+	switch code {
+	case probeNoEnv:
+		return fmt.Errorf("the launcher does not pass the environment to the command (%s did not arrive), which ending a session's processes depends on; darling-sshd needs Darling %s or later",
+			probeVar, MinDarling)
+	case probeNoWrite:
+		l.Log.Warn("the warm-up could not write its probe file in the prefix (is its disk full?); the launcher is not proven to run commands in the prefix",
+			"prefix", l.Prefix)
+		return nil
+	}
 	view, viaContainer, err := l.openView()
 	if errors.Is(err, unix.ENOENT) && code == probeStatus {
 		return fmt.Errorf("the launcher did not run the command in the prefix (%s does not exist after it ran); darling-sshd needs Darling %s or later",
@@ -202,8 +216,9 @@ func (l *Launcher) checkProbe(p probe, code int, log *os.File) error {
 		return withOutput(fmt.Errorf("launcher exited with status %d%s, and %w", code, l.styleHint(log), err), log)
 	}
 	defer unix.Close(view)
-	got, rerr := readSmallFile(view, p.name, 256)
-	if rerr == nil || !errors.Is(rerr, unix.ENOENT) {
+	_, rerr := readSmallFile(view, p.name, 0)
+	found := rerr == nil
+	if !errors.Is(rerr, unix.ENOENT) {
 		_ = unix.Unlinkat(view, p.name, 0)
 	}
 	where := "the prefix folder"
@@ -211,19 +226,16 @@ func (l *Launcher) checkProbe(p probe, code int, log *os.File) error {
 		where = "the container's view of the prefix"
 	}
 	switch {
-	case rerr != nil && code != probeStatus:
-		return withOutput(fmt.Errorf("launcher exited with status %d%s", code, l.styleHint(log)), log)
-	case rerr != nil:
-		return fmt.Errorf("the launcher did not run the command in the prefix (no probe file in %s: %v); darling-sshd needs Darling %s or later",
-			where, rerr, MinDarling)
-	case string(got) != p.value:
-		return fmt.Errorf("the launcher does not pass the environment to the command (%s did not arrive), which ending a session's processes depends on; darling-sshd needs Darling %s or later",
-			probeVar, MinDarling)
-	case code != probeStatus:
+	case found && code == probeStatus:
+		return nil
+	case found:
 		return fmt.Errorf("the launcher reported exit status %d for a command that exited %d; darling-sshd needs Darling %s or later (#1546)",
 			code, probeStatus, MinDarling)
+	case code == probeStatus:
+		return fmt.Errorf("the launcher did not run the command in the prefix (no probe file in %s: %v); darling-sshd needs Darling %s or later",
+			where, rerr, MinDarling)
 	}
-	return nil
+	return withOutput(fmt.Errorf("launcher exited with status %d%s", code, l.styleHint(log)), log)
 }
 
 // styleHint says which --prefix-style to use when the launcher refused

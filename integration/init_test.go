@@ -81,3 +81,15 @@ func TestPrefixChecked(t *testing.T) {
 		t.Errorf("a prefix of another user: exit %d %s", code, out)
 	}
 }
+
+// TestInitReportsFailure: a step that fails inside the prefix is reported
+// with its status and what it wrote to stderr, never as "<nil>".
+func TestInitReportsFailure(t *testing.T) {
+	prefix := tempPrefix(t)
+	launcher := launcherScript(t, `case "$*" in *nix.conf.tmp*) echo "no room for nix.conf" >&2; exit 3;; esac
+exec "$STANDIN" "$@"`)
+	out, code := runInit(t, prefix, "--darling", launcher)
+	if code != 1 || !strings.Contains(out, "write /etc/nix/nix.conf in the prefix: exit status 3: no room for nix.conf") || strings.Contains(out, "<nil>") {
+		t.Errorf("init with a failing step: exit %d\n%s", code, out)
+	}
+}
