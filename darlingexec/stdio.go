@@ -144,10 +144,11 @@ func openPTY() (master, slave *os.File, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("open pty: %w", err)
 	}
-	fd, err := unix.Dup(int(m.Fd()))
+	// Duplicated close-on-exec in one step: a fork meanwhile (another
+	// session starting) must not inherit the master.
+	fd, err := unix.FcntlInt(m.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	m.Close()
 	if err == nil {
-		unix.CloseOnExec(fd)
 		err = unix.SetNonblock(fd, true)
 	}
 	if err != nil {
