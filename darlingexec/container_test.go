@@ -25,22 +25,22 @@ func fakeContainer(t *testing.T, prefix string) *exec.Cmd {
 	return startNamed(t, prefix, "darlingserver", true)
 }
 
-// startNamed starts a sleeping process whose comm is name, in a mount
-// namespace of its own, with an overlay at prefix if overlay is set, and
-// writes its pid into prefix/.init.pid.
-func startNamed(t *testing.T, prefix, name string, overlay bool) *exec.Cmd {
+// overlayParts makes the folders an overlay at prefix needs (prefix,
+// prefix.workdir and a lower layer beside it) and a copy of sleep named
+// name, whose processes' comm is name. It needs root, as Darling does.
+func overlayParts(t *testing.T, prefix, name string) (lower, bin string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root, to mount an overlay as Darling does")
 	}
 	dir := filepath.Dir(prefix)
-	lower := filepath.Join(dir, "lower")
+	lower = filepath.Join(dir, "lower")
 	for _, d := range []string{prefix, prefix + ".workdir", lower} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bin := filepath.Join(dir, name)
+	bin = filepath.Join(dir, name)
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)
@@ -48,6 +48,15 @@ func startNamed(t *testing.T, prefix, name string, overlay bool) *exec.Cmd {
 	if err := exec.Command("cp", sleep, bin).Run(); err != nil {
 		t.Fatal(err)
 	}
+	return lower, bin
+}
+
+// startNamed starts a sleeping process whose comm is name, in a mount
+// namespace of its own, with an overlay at prefix if overlay is set, and
+// writes its pid into prefix/.init.pid.
+func startNamed(t *testing.T, prefix, name string, overlay bool) *exec.Cmd {
+	t.Helper()
+	lower, bin := overlayParts(t, prefix, name)
 	script := ""
 	if overlay {
 		script = "mount -t overlay overlay -o lowerdir=" + lower + ",upperdir=" + prefix + ",workdir=" + prefix + ".workdir,index=off " + prefix + " || exit 1; "
@@ -221,21 +230,7 @@ func TestUnescapeMountinfo(t *testing.T) {
 // prefix/.init.pid.
 func startInPIDNamespace(t *testing.T, prefix string, asChild bool) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	dir := filepath.Dir(prefix)
-	lower := filepath.Join(dir, "lower")
-	for _, d := range []string{prefix, prefix + ".workdir", lower} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bin := filepath.Join(dir, "darlingserver")
-	sleep, _ := exec.LookPath("sleep")
-	if err := exec.Command("cp", sleep, bin).Run(); err != nil {
-		t.Fatal(err)
-	}
+	lower, bin := overlayParts(t, prefix, "darlingserver")
 	arg := strconv.Itoa(100000 + os.Getpid()%800000)
 	run := "exec " + bin + " " + arg
 	if asChild {
