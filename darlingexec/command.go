@@ -165,7 +165,7 @@ func writeMarker(b *strings.Builder, marker string) {
 }
 
 // Args returns the launcher's arguments (without argv[0]) for a request;
-// marker is the stdout start marker ("" for none; shells have none).
+// marker is the stdout start marker ("" for none: a terminal gets none).
 func (l *Launcher) Args(req Request, marker string) []string {
 	var args []string
 	if l.Style == StyleFlag {

@@ -174,13 +174,17 @@ func readInitPid(prefix string) (int, error) {
 //     after a reboot, another prefix's container, or any other process
 //     fails one of these.
 func verifyContainer(pid int, prefix string) (container, error) {
-	proc, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	proc, err := openProcDir(pid)
 	if err != nil {
-		return container{}, fmt.Errorf("no such process: %w", err)
+		return container{}, err
 	}
 	defer unix.Close(proc)
-	start := startTime(pid)
-	if start == 0 {
+	stat, err := readProcFile(proc, "stat", 4096)
+	if err != nil {
+		return container{}, err
+	}
+	p, ok := parseStat(stat)
+	if !ok {
 		return container{}, errors.New("not running")
 	}
 	comm, err := readProcFile(proc, "comm", 64)
@@ -194,8 +198,8 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if err != nil {
 		return container{}, err
 	}
-	if uid, ok := statusUID(status); !ok || uid != os.Getuid() {
-		return container{}, fmt.Errorf("it runs as uid %d, not as ours (%d)", uid, os.Getuid())
+	if uid := statusField(status, "Uid:"); len(uid) == 0 || uid[0] != strconv.Itoa(os.Getuid()) {
+		return container{}, fmt.Errorf("it runs as uid %v, not as ours (%d)", uid, os.Getuid())
 	}
 	var theirs, ours unix.Stat_t
 	if err := unix.Fstatat(proc, "root/", &theirs, 0); err != nil {
@@ -220,7 +224,7 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	// lives in ours. Every process of a session descends from launchd,
 	// which has a PID namespace of its own, and so does the parent of any
 	// session process, even one orphaned on purpose.
-	if err := parentInOurPIDNamespace(proc); err != nil {
+	if err := parentInOurPIDNamespace(p.ppid); err != nil {
 		return container{}, err
 	}
 	real, err := filepath.EvalSymlinks(prefix)
@@ -249,58 +253,40 @@ func verifyContainer(pid int, prefix string) (container, error) {
 		}
 	}
 	// The same process all along: its start time has not changed.
-	if startTime(pid) != start {
+	if startTime(pid) != p.start {
 		return container{}, errors.New("it exited meanwhile")
 	}
-	return container{pid: pid, start: start, mnt: mnt.id}, nil
+	return container{pid: pid, start: p.start, mnt: mnt.id}, nil
 }
 
-// parentInOurPIDNamespace checks that the parent of the process whose
-// /proc folder is proc lives in our PID namespace: its NSpid line lists as
-// many pids as ours (one per namespace level, as /proc sees them). The
-// namespace links themselves may not be readable (pid 1's, in some
-// sandboxes); the status files are.
-func parentInOurPIDNamespace(proc int) error {
-	stat, err := readProcFile(proc, "stat", 4096)
-	if err != nil {
-		return err
-	}
-	p, ok := parseStat(stat)
-	if !ok {
-		return errors.New("not running")
-	}
-	if p.ppid == 0 {
+// parentInOurPIDNamespace checks that the process ppid lives in our PID
+// namespace: its NSpid line lists as many pids as ours (one per namespace
+// level, as /proc sees them). The namespace links themselves may not be
+// readable (pid 1's, in some sandboxes); the status files are.
+func parentInOurPIDNamespace(ppid int) error {
+	if ppid == 0 {
 		return nil // adopted from outside our namespace: not a container's
 	}
-	theirs, err1 := nsDepth("/proc/" + strconv.Itoa(p.ppid) + "/status")
-	ours, err2 := nsDepth("/proc/self/status")
+	theirs, err1 := os.ReadFile("/proc/" + strconv.Itoa(ppid) + "/status")
+	ours, err2 := os.ReadFile("/proc/self/status")
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("its parent's PID namespace: %w", errors.Join(err1, err2))
 	}
-	if theirs != ours {
-		return fmt.Errorf("its parent %d lives in another PID namespace: it is a container's process, not darlingserver", p.ppid)
+	if len(statusField(theirs, "NSpid:")) != len(statusField(ours, "NSpid:")) {
+		return fmt.Errorf("its parent %d lives in another PID namespace: it is a container's process, not darlingserver", ppid)
 	}
 	return nil
 }
 
-// nsDepth returns how many PID namespaces a /proc/<pid>/status's NSpid
-// line names.
-func nsDepth(path string) (int, error) {
-	f, err := os.Open(path)
+// openProcDir opens /proc/<pid> as a handle that answers for that process
+// only: reads through it fail once the process is gone, even if its pid
+// is reused.
+func openProcDir(pid int) (int, error) {
+	fd, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return 0, err
+		return -1, fmt.Errorf("no such process: %w", err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 16<<10))
-	if err != nil {
-		return 0, err
-	}
-	for line := range bytes.Lines(b) {
-		if rest, ok := bytes.CutPrefix(line, []byte("NSpid:")); ok {
-			return len(strings.Fields(string(rest))), nil
-		}
-	}
-	return 0, fmt.Errorf("%s has no NSpid line", path)
+	return fd, nil
 }
 
 // maxMountinfo bounds how much of a mountinfo is read.
@@ -337,19 +323,15 @@ func readlinkat(dir int, name string) (string, error) {
 	return string(buf[:n]), nil
 }
 
-// statusUID returns the real uid of a /proc/<pid>/status.
-func statusUID(status []byte) (int, bool) {
+// statusField returns the fields of the line of a /proc/<pid>/status that
+// starts with key ("Uid:", "NSpid:"), or none.
+func statusField(status []byte, key string) []string {
 	for line := range bytes.Lines(status) {
-		if rest, ok := bytes.CutPrefix(line, []byte("Uid:")); ok {
-			f := strings.Fields(string(rest))
-			if len(f) == 0 {
-				return -1, false
-			}
-			uid, err := strconv.Atoi(f[0])
-			return uid, err == nil
+		if rest, ok := bytes.CutPrefix(line, []byte(key)); ok {
+			return strings.Fields(string(rest))
 		}
 	}
-	return -1, false
+	return nil
 }
 
 // mountInfo is a mount at a path: its id, and what it mounts (device,
@@ -418,9 +400,9 @@ func openContainerView(c container, prefix string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	proc, err := unix.Open("/proc/"+strconv.Itoa(c.pid), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	proc, err := openProcDir(c.pid)
 	if err != nil {
-		return -1, fmt.Errorf("open the container's /proc entry: %w", err)
+		return -1, err
 	}
 	defer unix.Close(proc)
 	root, err := unix.Openat(proc, "root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
