@@ -11,8 +11,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // detachingLauncher writes a launcher that, like Darling, runs the command
@@ -185,26 +183,4 @@ func TestPTYStartsWithLatestSize(t *testing.T) {
 	if got := strings.TrimSpace(string(out)); got != "43 132" {
 		t.Errorf("the launcher's terminal started at %q, want 43 132", got)
 	}
-}
-
-// TestOpenPTYMaster: the master is close-on-exec (duplicated so in one
-// step) and non-blocking, read through Go's poller.
-func TestOpenPTYMaster(t *testing.T) {
-	master, slave, err := openPTY()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer master.Close()
-	defer slave.Close()
-	rc, err := master.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc.Control(func(fd uintptr) {
-		fdFlags, _ := unix.FcntlInt(fd, unix.F_GETFD, 0)
-		flFlags, _ := unix.FcntlInt(fd, unix.F_GETFL, 0)
-		if fdFlags&unix.FD_CLOEXEC == 0 || flFlags&unix.O_NONBLOCK == 0 {
-			t.Errorf("master flags: fd %#x, file %#x", fdFlags, flFlags)
-		}
-	})
 }

@@ -146,8 +146,7 @@ func standin(prefix string, args ...string) *exec.Cmd {
 // until it is gone: like Darling's, the stand-in's shutdown SIGKILLs it and
 // returns at once.
 func shutdownStandin(prefix string) {
-	b, _ := os.ReadFile(filepath.Join(prefix, ".init.pid"))
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid := containerPidOf(prefix)
 	// Bounded: like Darling's, the stand-in opens .init.pid blocking, and
 	// a test may leave a FIFO there.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -171,11 +170,25 @@ func shutdownStandin(prefix string) {
 // holds only the overlay's upper layer, not to be changed behind it.
 func prefixView(t *testing.T, prefix, p string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(prefix, ".init.pid"))
-	if err != nil {
-		t.Fatalf("no container for the prefix: %v", err)
+	pid := containerPidOf(prefix)
+	if pid == 0 {
+		t.Fatalf("no container for the prefix %s", prefix)
 	}
-	return filepath.Join("/proc", strings.TrimSpace(string(b)), "root", prefix, p)
+	return filepath.Join("/proc", strconv.Itoa(pid), "root", prefix, p)
+}
+
+// containerPidOf returns the pid in the prefix's .init.pid, or 0.
+func containerPidOf(prefix string) int {
+	b, _ := os.ReadFile(filepath.Join(prefix, ".init.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
+}
+
+// alive reports whether pid is a live (not zombie) process.
+func alive(pid int) bool {
+	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := bytes.LastIndexByte(st, ')')
+	return err == nil && i > 0 && i+2 < len(st) && st[i+2] != 'Z'
 }
 
 // tempPrefix returns a prefix path that does not exist yet, short enough
@@ -430,11 +443,7 @@ func procsMatching(match func(cmdline string) bool) []int {
 		if err != nil || !match(string(cl)) {
 			continue
 		}
-		st, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		if i := bytes.LastIndexByte(st, ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+		if !alive(pid) {
 			continue
 		}
 		pids = append(pids, pid)

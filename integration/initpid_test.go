@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,13 +18,6 @@ import (
 // /.init.pid in the session's view). These tests are the attacks on it
 // that the server must withstand.
 
-// containerPid returns the pid in the prefix's .init.pid, or 0.
-func containerPidOf(prefix string) int {
-	b, _ := os.ReadFile(filepath.Join(prefix, ".init.pid"))
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid
-}
-
 // TestInitPidNamesSessionProcess: a session starts a process named
 // darlingserver, writes its pid into /.init.pid and plants a symlink to /
 // where the prefix would be under that process's root. Then the real
@@ -40,11 +31,10 @@ func TestInitPidNamesSessionProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	genuine := containerPidOf(s.prefix)
-	children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", genuine, genuine))
-	launchd, _ := strconv.Atoi(strings.Fields(string(children) + " 0")[0])
-	if genuine == 0 || launchd == 0 {
-		t.Fatalf("no container (%d) or launchd (%d)", genuine, launchd)
+	if genuine == 0 {
+		t.Fatal("no container")
 	}
+	launchd := launchdOf(t, genuine)
 	// Killing launchd ends its PID namespace: every process of the prefix.
 	defer syscall.Kill(launchd, syscall.SIGKILL)
 	d := uniqueSleep()
@@ -83,13 +73,6 @@ func TestInitPidNamesSessionProcess(t *testing.T) {
 	if !s.logged("not taking the process .init.pid names") {
 		t.Error("the refused .init.pid was not logged")
 	}
-}
-
-// alive reports whether pid is a live (not zombie) process.
-func alive(pid int) bool {
-	st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	i := bytes.LastIndexByte(st, ')')
-	return err == nil && i > 0 && i+2 < len(st) && st[i+2] != 'Z'
 }
 
 // TestInitPidFIFO: a session replaces /.init.pid with a FIFO. Reading it

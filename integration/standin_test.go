@@ -53,18 +53,12 @@ func warm(t *testing.T, prefix string) {
 // running returns the pid in P/.init.pid if it is a live (not zombie)
 // darlingserver, else 0.
 func running(prefix string) int {
-	b, err := os.ReadFile(filepath.Join(prefix, ".init.pid"))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(string(b))
-	if err != nil {
+	pid := containerPidOf(prefix)
+	if pid == 0 {
 		return 0
 	}
 	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(stat, ')')
-	if string(comm) != "darlingserver\n" || i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' {
+	if string(comm) != "darlingserver\n" || !alive(pid) {
 		return 0
 	}
 	return pid
