@@ -68,7 +68,7 @@ func (se *session) setEnv(payload []byte) bool {
 	}
 	ok, why := acceptEnv(se.s.acceptEnv, kv.Name)
 	switch {
-	case se.started:
+	case se.phase != requested:
 		ok, why = false, "session already started"
 	case ok && strings.IndexByte(kv.Value, 0) >= 0:
 		ok, why = false, "NUL in value"

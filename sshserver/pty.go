@@ -75,7 +75,8 @@ type mode struct {
 
 // parseModes decodes encoded terminal modes (RFC 4254 section 8): opcode
 // and uint32 argument pairs, ended by TTY_OP_END (0) or an opcode of 160
-// and above, whose arguments are not defined.
+// and above, whose arguments are not defined (x/crypto does not export
+// either bound).
 func parseModes(b []byte) ([]mode, error) {
 	var modes []mode
 	for len(b) > 0 {
@@ -96,33 +97,33 @@ func parseModes(b []byte) ([]mode, error) {
 // index in a Linux termios's Cc.
 func ccIndex(op byte) (int, bool) {
 	switch op {
-	case 1:
+	case gossh.VINTR:
 		return unix.VINTR, true
-	case 2:
+	case gossh.VQUIT:
 		return unix.VQUIT, true
-	case 3:
+	case gossh.VERASE:
 		return unix.VERASE, true
-	case 4:
+	case gossh.VKILL:
 		return unix.VKILL, true
-	case 5:
+	case gossh.VEOF:
 		return unix.VEOF, true
-	case 6:
+	case gossh.VEOL:
 		return unix.VEOL, true
-	case 7:
+	case gossh.VEOL2:
 		return unix.VEOL2, true
-	case 8:
+	case gossh.VSTART:
 		return unix.VSTART, true
-	case 9:
+	case gossh.VSTOP:
 		return unix.VSTOP, true
-	case 10:
+	case gossh.VSUSP:
 		return unix.VSUSP, true
-	case 12:
+	case gossh.VREPRINT:
 		return unix.VREPRINT, true
-	case 13:
+	case gossh.VWERASE:
 		return unix.VWERASE, true
-	case 14:
+	case gossh.VLNEXT:
 		return unix.VLNEXT, true
-	case 18:
+	case gossh.VDISCARD:
 		return unix.VDISCARD, true
 	}
 	return 0, false
@@ -136,19 +137,24 @@ func flagBit(t *unix.Termios, op byte) (*uint32, uint32) {
 		word *uint32
 		bit  uint32
 	}{
-		{30, &t.Iflag, unix.IGNPAR}, {31, &t.Iflag, unix.PARMRK}, {32, &t.Iflag, unix.INPCK},
-		{33, &t.Iflag, unix.ISTRIP}, {34, &t.Iflag, unix.INLCR}, {35, &t.Iflag, unix.IGNCR},
-		{36, &t.Iflag, unix.ICRNL}, {37, &t.Iflag, unix.IUCLC}, {38, &t.Iflag, unix.IXON},
-		{39, &t.Iflag, unix.IXANY}, {40, &t.Iflag, unix.IXOFF}, {41, &t.Iflag, unix.IMAXBEL},
-		{42, &t.Iflag, unix.IUTF8},
-		{50, &t.Lflag, unix.ISIG}, {51, &t.Lflag, unix.ICANON}, {52, &t.Lflag, unix.XCASE},
-		{53, &t.Lflag, unix.ECHO}, {54, &t.Lflag, unix.ECHOE}, {55, &t.Lflag, unix.ECHOK},
-		{56, &t.Lflag, unix.ECHONL}, {57, &t.Lflag, unix.NOFLSH}, {58, &t.Lflag, unix.TOSTOP},
-		{59, &t.Lflag, unix.IEXTEN}, {60, &t.Lflag, unix.ECHOCTL}, {61, &t.Lflag, unix.ECHOKE},
-		{62, &t.Lflag, unix.PENDIN},
-		{70, &t.Oflag, unix.OPOST}, {71, &t.Oflag, unix.OLCUC}, {72, &t.Oflag, unix.ONLCR},
-		{73, &t.Oflag, unix.OCRNL}, {74, &t.Oflag, unix.ONOCR}, {75, &t.Oflag, unix.ONLRET},
-		{92, &t.Cflag, unix.PARENB}, {93, &t.Cflag, unix.PARODD},
+		{gossh.IGNPAR, &t.Iflag, unix.IGNPAR}, {gossh.PARMRK, &t.Iflag, unix.PARMRK},
+		{gossh.INPCK, &t.Iflag, unix.INPCK}, {gossh.ISTRIP, &t.Iflag, unix.ISTRIP},
+		{gossh.INLCR, &t.Iflag, unix.INLCR}, {gossh.IGNCR, &t.Iflag, unix.IGNCR},
+		{gossh.ICRNL, &t.Iflag, unix.ICRNL}, {gossh.IUCLC, &t.Iflag, unix.IUCLC},
+		{gossh.IXON, &t.Iflag, unix.IXON}, {gossh.IXANY, &t.Iflag, unix.IXANY},
+		{gossh.IXOFF, &t.Iflag, unix.IXOFF}, {gossh.IMAXBEL, &t.Iflag, unix.IMAXBEL},
+		{gossh.IUTF8, &t.Iflag, unix.IUTF8},
+		{gossh.ISIG, &t.Lflag, unix.ISIG}, {gossh.ICANON, &t.Lflag, unix.ICANON},
+		{gossh.XCASE, &t.Lflag, unix.XCASE}, {gossh.ECHO, &t.Lflag, unix.ECHO},
+		{gossh.ECHOE, &t.Lflag, unix.ECHOE}, {gossh.ECHOK, &t.Lflag, unix.ECHOK},
+		{gossh.ECHONL, &t.Lflag, unix.ECHONL}, {gossh.NOFLSH, &t.Lflag, unix.NOFLSH},
+		{gossh.TOSTOP, &t.Lflag, unix.TOSTOP}, {gossh.IEXTEN, &t.Lflag, unix.IEXTEN},
+		{gossh.ECHOCTL, &t.Lflag, unix.ECHOCTL}, {gossh.ECHOKE, &t.Lflag, unix.ECHOKE},
+		{gossh.PENDIN, &t.Lflag, unix.PENDIN},
+		{gossh.OPOST, &t.Oflag, unix.OPOST}, {gossh.OLCUC, &t.Oflag, unix.OLCUC},
+		{gossh.ONLCR, &t.Oflag, unix.ONLCR}, {gossh.OCRNL, &t.Oflag, unix.OCRNL},
+		{gossh.ONOCR, &t.Oflag, unix.ONOCR}, {gossh.ONLRET, &t.Oflag, unix.ONLRET},
+		{gossh.PARENB, &t.Cflag, unix.PARENB}, {gossh.PARODD, &t.Cflag, unix.PARODD},
 	}
 	for _, b := range bits {
 		if b.op == op {
@@ -167,10 +173,10 @@ func applyModes(t *unix.Termios, modes []mode) {
 			continue
 		}
 		switch m.op {
-		case 90, 91: // CS7, CS8: a character size, not a flag
+		case gossh.CS7, gossh.CS8: // a character size, not a flag
 			if m.arg != 0 {
 				size := uint32(unix.CS7)
-				if m.op == 91 {
+				if m.op == gossh.CS8 {
 					size = unix.CS8
 				}
 				t.Cflag = t.Cflag&^unix.CSIZE | size

@@ -7,7 +7,6 @@ package sshserver
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,45 +23,10 @@ import (
 
 	gliderssh "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
-	"golang.org/x/sys/unix"
 
 	"github.com/darling-sshd/darling-sshd/auth"
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
-
-// Options is everything `darling-sshd serve` is configured with.
-type Options struct {
-	Listen             string
-	Prefix             string
-	Darling            string // launcher path or name looked up in PATH
-	PrefixStyle        darlingexec.Style
-	LauncherLog        string // the warm-up launcher's output; "" is P.launcher.log
-	HostKeyPath        string
-	AuthorizedKeysPath string
-	AllowUsers         []string
-	AcceptEnv          []string // names or globs clients may set, beyond DefaultAcceptEnv
-	KillGrace          time.Duration
-	WarmTimeout        time.Duration
-	LoginGraceTime     time.Duration // a connection not logged in by then is closed
-	ShutdownGrace      time.Duration // how long running sessions may finish after SIGTERM
-	MaxStartups        MaxStartups   // limit on unauthenticated connections
-	MaxAuthTries       int           // authentication attempts per connection
-	MaxSessions        int           // session channels open at once per connection
-	MaxExec            int           // exec sessions running at once; 0: no limit
-	KeepaliveInterval  time.Duration // 0: no keepalives
-	KeepaliveCountMax  int           // unanswered keepalives before the connection is closed
-	PprofAddr          string        // if set, serve Go's profiles there
-	// Ready, if set, is called once the server accepts sessions (after
-	// the warm-up): systemd's READY=1.
-	Ready func()
-	// Reload receives a value for each SIGHUP: reload the authorized keys.
-	Reload <-chan os.Signal
-	// KnownHostsOut, if set, is written at start with lines trusting the
-	// host key for HostAlias and for the address clients dial.
-	KnownHostsOut string
-	HostAlias     string
-	Log           *slog.Logger
-}
 
 // Server is a running darling-sshd.
 type Server struct {
@@ -70,19 +34,15 @@ type Server struct {
 	log      *slog.Logger
 	hostKey  gossh.Signer
 	keys     atomic.Pointer[auth.AuthorizedKeys] // swapped by ReloadKeys
-	launcher *darlingexec.Launcher
+	launcher Launcher
 	ssh      *gliderssh.Server
 	// acceptEnv holds the names and globs of variables clients may set.
 	acceptEnv []string
-	// preauth maps a remote address to its connection's login state.
-	preauth sync.Map
 	// home is where SFTP starts: the server user's home in the prefix.
 	home string
 	// unauthed counts connections that have not logged in.
 	unauthed atomic.Int64
 	rand     func(int) int
-	// perConn holds each connection's state once it has a session.
-	perConn sync.Map // *gossh.ServerConn -> *connState
 	// execSlots bounds running exec sessions (--max-exec); nil: no bound.
 	execSlots chan struct{}
 	// trim returns memory to the kernel when connections stop coming.
@@ -98,39 +58,36 @@ type Server struct {
 	runs    sync.WaitGroup // running session commands
 }
 
-// New loads the keys and finds the launcher. It does not warm the prefix
-// or listen yet.
+// New checks the options, loads the keys and finds the launcher. It does
+// not warm the prefix or listen yet.
 func New(opts Options) (*Server, error) {
-	log := opts.Log
-	if log == nil {
-		log = slog.Default()
+	if err := opts.Validate(); err != nil {
+		return nil, err
 	}
-	if opts.LoginGraceTime <= 0 {
-		opts.LoginGraceTime = 30 * time.Second
+	if opts.Log == nil {
+		opts.Log = slog.Default()
 	}
-	if opts.MaxAuthTries <= 0 {
-		opts.MaxAuthTries = 6
+	l, err := NewLauncher(opts)
+	if err != nil {
+		return nil, err
 	}
-	if opts.MaxSessions <= 0 {
-		opts.MaxSessions = 10
-	}
+	return newServer(opts, darling{l})
+}
+
+// newServer builds a server that starts its commands with launcher.
+func newServer(opts Options, launcher Launcher) (*Server, error) {
 	hostKey, err := auth.LoadOrGenerateHostKey(opts.HostKeyPath)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := loadKeys(opts.AuthorizedKeysPath, log)
+	keys, err := loadKeys(opts.AuthorizedKeysPath, opts.Log)
 	if err != nil {
 		return nil, err
 	}
-	launcher, err := NewLauncher(opts.Darling, opts.Prefix, opts.PrefixStyle, opts.LauncherLog, opts.WarmTimeout, log)
-	if err != nil {
-		return nil, err
-	}
-	launcher.KillGrace = opts.KillGrace
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		opts:      opts,
-		log:       log,
+		log:       opts.Log,
 		hostKey:   hostKey,
 		launcher:  launcher,
 		acceptEnv: append(DefaultAcceptEnv(), opts.AcceptEnv...),
@@ -182,18 +139,23 @@ func (s *Server) ReloadKeys() {
 	s.log.Info("authorized keys reloaded", "file", s.opts.AuthorizedKeysPath, "keys", keys.Len())
 }
 
-// NewLauncher finds the launcher and checks the prefix path.
-func NewLauncher(darling, prefix string, style darlingexec.Style, launcherLog string, warmTimeout time.Duration, log *slog.Logger) (*darlingexec.Launcher, error) {
-	path, err := exec.LookPath(darling)
+// NewLauncher finds the launcher and checks the prefix path, with the
+// launcher's part of opts (init uses it too).
+func NewLauncher(opts Options) (*darlingexec.Launcher, error) {
+	path, err := exec.LookPath(opts.Darling)
 	if err != nil {
-		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", darling, err)
+		return nil, fmt.Errorf("find launcher %q: %w (install Darling or pass --darling)", opts.Darling, err)
 	}
-	if err := darlingexec.CheckPrefix(prefix); err != nil {
+	if err := darlingexec.CheckPrefix(opts.Prefix); err != nil {
 		return nil, err
 	}
+	log := opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
 	return &darlingexec.Launcher{
-		Path: path, Prefix: prefix, Style: style, LogPath: launcherLog, WarmTimeout: warmTimeout,
-		KillGrace: 5 * time.Second, Log: log, HostEnv: hostEnv(),
+		Path: path, Prefix: opts.Prefix, Style: opts.PrefixStyle, LogPath: opts.LauncherLog,
+		WarmTimeout: opts.WarmTimeout, KillGrace: opts.KillGrace, Log: log, HostEnv: hostEnv(),
 	}, nil
 }
 
@@ -214,9 +176,9 @@ func hostEnv() []string {
 }
 
 // serverConfig sets the algorithms explicitly (x/crypto's defaults include
-// SHA-1 and NIST choices) and logs authentication methods we never offer.
+// SHA-1 and NIST choices) and ties authentication to the connection.
 func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
-	pa, _ := ctx.Value(preauthKey{}).(*preauth)
+	c := connOf(ctx)
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
 			KeyExchanges: []string{gossh.KeyExchangeMLKEM768X25519, gossh.KeyExchangeCurve25519},
@@ -226,14 +188,36 @@ func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		// Only keys and signature algorithms without SHA-1.
 		PublicKeyAuthAlgorithms: []string{gossh.KeyAlgoED25519, gossh.KeyAlgoSKED25519, gossh.KeyAlgoECDSA256,
 			gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521, gossh.KeyAlgoSKECDSA256, gossh.KeyAlgoRSASHA256, gossh.KeyAlgoRSASHA512},
-		VerifiedPublicKeyCallback: s.verifiedKey,
-		MaxAuthTries:              s.opts.MaxAuthTries,
-		AuthLogCallback:           s.authLog(pa),
+		VerifiedPublicKeyCallback: func(md gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+			return s.verifiedKey(c, md, key)
+		},
+		MaxAuthTries:    s.opts.MaxAuthTries,
+		AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) { s.authLog(c, md, method, err) },
 	}
 }
 
+// authLog records authentication attempts; a success ends the login phase.
+func (s *Server) authLog(c *conn, md gossh.ConnMetadata, method string, err error) {
+	if err == nil {
+		c.authed()
+		return
+	}
+	c.attempt(md.User(), method)
+	if method == "password" || method == "keyboard-interactive" {
+		s.log.Info("login refused", "reason", method+" authentication is not offered",
+			"user", md.User(), "remote", c.remote)
+	}
+}
+
+// connectionFailed logs why a handshake ended; the connection's close
+// logs what that meant for its login.
+func (s *Server) connectionFailed(nc net.Conn, err error) {
+	s.log.Debug("handshake ended", "remote", nc.RemoteAddr().String(), "err", err)
+}
+
 // publicKey decides public key authentication: the user must be allowed
-// and the key listed in the authorized keys file.
+// and the key listed in the authorized keys file. The entry found is the
+// one the login uses (see conn.offer).
 func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
 	refuse := func(reason string) bool {
 		s.log.Info("login refused", "reason", reason, "user", ctx.User(),
@@ -252,6 +236,7 @@ func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool 
 	case !ak.Options.FromAllows(ctx.RemoteAddr()):
 		return refuse(fmt.Sprintf("address not allowed by from= (line %d)", ak.Line))
 	}
+	connOf(ctx).offer(key, ak)
 	// x/crypto checks a security key's touch against the Permissions this
 	// callback returns, and gliderlabs returns one object per connection:
 	// it is set for the key of this call, which x/crypto (one-entry
@@ -271,40 +256,16 @@ func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool 
 // noTouchRequired is the Permissions extension x/crypto reads.
 const noTouchRequired = "no-touch-required"
 
-// keyOptionsExt carries the authenticated key's options to the sessions.
-const keyOptionsExt = "darling-sshd-key-options"
-
-// verifiedKey runs once the client proved it holds key: the connection's
-// Permissions become a fresh object with that key's options, so nothing
-// of another key offered on the same connection can leak into them.
-func (s *Server) verifiedKey(conn gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
-	ak := s.keys.Load().Lookup(key)
+// verifiedKey runs once the client proved it holds key: the connection
+// logs in with the entry publicKey found for that key.
+func (s *Server) verifiedKey(c *conn, md gossh.ConnMetadata, key gossh.PublicKey) (*gossh.Permissions, error) {
+	ak := c.login(key)
 	if ak == nil {
-		return nil, errors.New("key no longer authorized")
+		return nil, errors.New("key not accepted on this connection")
 	}
-	b, err := json.Marshal(ak.Options)
-	if err != nil {
-		return nil, err
-	}
-	s.log.Info("login", "user", conn.User(), "remote", conn.RemoteAddr().String(),
+	s.log.Info("login", "user", md.User(), "remote", c.remote,
 		"key", gossh.FingerprintSHA256(key), "line", ak.Line)
-	return &gossh.Permissions{Extensions: map[string]string{keyOptionsExt: string(b)}}, nil
-}
-
-// keyOptions returns the options of the key a connection logged in with.
-func keyOptions(conn *gossh.ServerConn) (auth.KeyOptions, error) {
-	var o auth.KeyOptions
-	if conn.Permissions == nil {
-		return o, errors.New("no key options")
-	}
-	err := json.Unmarshal([]byte(conn.Permissions.Extensions[keyOptionsExt]), &o)
-	return o, err
-}
-
-// Warm starts the prefix's container before any session can be handed a
-// cold start.
-func (s *Server) Warm(ctx context.Context) error {
-	return s.launcher.Warm(ctx)
+	return &gossh.Permissions{}, nil
 }
 
 // Serve accepts connections on l until Close.
@@ -319,10 +280,6 @@ func (s *Server) Serve(l net.Listener) error {
 // Run listens, warms the prefix, logs "listening" with the address, and
 // serves until ctx is done; then it ends what runs and returns.
 func Run(ctx context.Context, opts Options) error {
-	// File descriptors the server inherited without close-on-exec would
-	// reach every launcher, and through a cold start the container and
-	// every command, holding the parent's pipes open.
-	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	s, err := New(opts)
 	if err != nil {
 		return err
@@ -334,42 +291,41 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
 	}
 	defer l.Close()
-	if opts.PprofAddr != "" {
-		pl, err := s.servePprof(opts.PprofAddr)
-		if err != nil {
-			return err
-		}
-		defer pl.Close()
-	}
-	if err := s.Warm(ctx); err != nil {
+	return s.run(ctx, l)
+}
+
+// run warms the prefix and serves on l until ctx is done.
+func (s *Server) run(ctx context.Context, l net.Listener) error {
+	if err := s.launcher.Warm(ctx); err != nil {
 		return err
 	}
-	if opts.KnownHostsOut != "" {
+	if s.opts.KnownHostsOut != "" {
 		host, port, err := auth.ClientHost(l.Addr().String())
 		if err == nil {
-			err = auth.WriteKnownHosts(opts.KnownHostsOut, auth.KnownHosts(s.hostKey.PublicKey(), opts.HostAlias, host, port))
+			err = auth.WriteKnownHosts(s.opts.KnownHostsOut, auth.KnownHosts(s.hostKey.PublicKey(), s.opts.HostAlias, host, port))
 		}
 		if err != nil {
 			return err
 		}
 	}
-	s.log.Info("listening", "addr", l.Addr().String(), "prefix", opts.Prefix,
-		"launcher", s.launcher.Path, "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))
+	s.log.Info("listening", "addr", l.Addr().String(), "prefix", s.opts.Prefix,
+		"launcher", s.launcher.Path(), "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(l) }()
-	if opts.Ready != nil {
-		opts.Ready()
+	if s.opts.Ready != nil {
+		s.opts.Ready()
 	}
-	for {
+	var err error
+	for done := false; !done; {
 		select {
 		case err = <-errc:
-		case <-opts.Reload:
+			done = true
+		case <-s.opts.Reload:
 			s.ReloadKeys()
-			continue
 		case <-ctx.Done():
 			s.log.Info("shutting down")
+			done = true
 		}
-		break
 	}
 	s.Close()
 	return err

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/user"
 	"strconv"
-	"sync/atomic"
 
 	"github.com/pkg/sftp"
 	gossh "golang.org/x/crypto/ssh"
@@ -22,64 +21,77 @@ func homeDir() string {
 }
 
 // startSFTP serves the "sftp" subsystem in-process, rooted at the prefix
-// as the prefix's own processes see it. If the prefix cannot be opened
-// (its container cannot be warmed), the request fails with the reason on
-// stderr.
+// as the prefix's own processes see it. Opening the prefix may wait for a
+// warm-up, so a task does it; if the prefix cannot be opened, the request
+// fails with the reason on stderr.
 func (se *session) startSFTP(req *gossh.Request) {
-	root, err := se.s.launcher.PrefixRoot(se.s.ctx)
-	if err != nil {
-		se.log.Error("sftp not started", "err", err)
-		se.ch.Stderr().Write([]byte("darling-sshd: sftp: " + err.Error() + "\n"))
-		if req.WantReply {
-			_ = req.Reply(false, nil)
-		}
+	se.enter(starting)
+	se.sftp = true
+	if !se.register() {
+		reply(req, false)
+		se.finish("server is shutting down", nil)
 		return
 	}
-	se.started = true
-	if req.WantReply {
-		_ = req.Reply(true, nil)
-	}
-	se.launch(func() { se.serveSFTP(root) }, func() { root.Close() })
+	se.spawn(func() func() {
+		root, err := se.s.launcher.PrefixRoot(se.s.ctx)
+		if err != nil {
+			se.log.Error("sftp not started", "err", err)
+			_, _ = se.ch.Stderr().Write([]byte("darling-sshd: sftp: " + err.Error() + "\n"))
+			return func() {
+				reply(req, false)
+				se.sendExitStatus(255)
+				se.closeChannel()
+				se.enter(closed)
+			}
+		}
+		return func() { se.serveSFTP(req, root) }
+	})
 }
 
-// serveSFTP serves SFTP on the channel until the client ends it.
-func (se *session) serveSFTP(root *os.File) {
+// serveSFTP accepts the request and serves SFTP on the channel in a
+// goroutine of its own until the client ends it.
+func (se *session) serveSFTP(req *gossh.Request, root *os.File) {
+	if se.peerGone || se.serverEnded {
+		root.Close()
+		reply(req, false)
+		se.enter(closed)
+		return
+	}
+	reply(req, true)
+	se.enter(running)
 	se.log.Info("sftp started")
 	fsys := &rootFS{root: root, log: se.log}
 	rs := sftp.NewRequestServer(channelOnly{se.ch},
 		sftp.Handlers{FileGet: fsys, FilePut: fsys, FileCmd: fsys, FileList: fsys},
 		sftp.WithStartDirectory(se.s.home))
-	var ended atomic.Bool
 	done := make(chan struct{})
-	go func() {
-		select {
-		case <-se.s.ctx.Done():
-			// The server ends the session: status 255, then the
-			// channel's close ends Serve.
-			ended.Store(true)
-			se.finishWithError("server is shutting down")
-		case <-done:
-		}
-	}()
-	err := rs.Serve()
-	close(done)
-	if ended.Load() {
-		return
-	}
-	select {
-	case <-se.gone:
+	se.sftpDone = done
+	se.goSafe(func() {
+		defer close(done)
+		defer root.Close()
+		se.sftpErr = rs.Serve()
+	})
+}
+
+// sftpEnded sends the exit frames once the SFTP server has returned.
+func (se *session) sftpEnded() {
+	se.enter(closing)
+	err := se.sftpErr
+	switch {
+	case se.serverEnded:
+		se.enter(closed) // finish sent the frames, or is sending them
+	case se.peerGone:
 		se.log.Info("sftp ended: client went away")
-		return
-	default:
-	}
-	if err != nil && !errors.Is(err, io.EOF) {
+		se.enter(closed)
+	case err != nil && !errors.Is(err, io.EOF):
 		se.log.Info("sftp ended", "err", err)
-		se.finishWithError("sftp: " + err.Error())
-		return
+		se.finish("sftp: "+err.Error(), nil)
+	default:
+		se.log.Info("sftp ended")
+		se.sendExitStatus(0)
+		se.closeChannel()
+		se.enter(closed)
 	}
-	se.log.Info("sftp ended")
-	se.sendExitStatus(0)
-	se.closeChannel()
 }
 
 // channelOnly hides the channel's Close from pkg/sftp's RequestServer,

@@ -20,6 +20,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/darling-sshd/darling-sshd/auth"
 	"github.com/darling-sshd/darling-sshd/darlingexec"
@@ -41,13 +42,9 @@ Run "darling-sshd <command> -h" for a command's flags.
 
 // Defaults shared by several subcommands.
 const (
-	defaultListen     = "127.0.0.1:2222"
-	defaultHostKey    = "/var/lib/darling-sshd/ssh_host_ed25519_key"
-	defaultKnownHosts = "/var/lib/darling-sshd/known_hosts"
-	defaultIdentity   = "/etc/nix/darling-builder-key"
-	defaultAlias      = "darling-builder"
-	defaultPrefix     = "/var/lib/darling-builder/prefix"
+	defaultIdentity = "/etc/nix/darling-builder-key"
 )
+
 
 // serveGCPercent is serve's garbage collection target unless GOGC is set.
 // Collections are cheap for this server: its live heap is a few MB, and
@@ -128,115 +125,79 @@ func list(s string) []string {
 
 func serve(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", defaultListen, "address to listen on (host:port)")
+	d := sshserver.DefaultOptions()
+	o := d
+	fs.StringVar(&o.Listen, "listen", d.Listen, "address to listen on (host:port)")
 	lf := addLauncherFlags(fs)
-	prefix, darling, style, launcherLog := lf.prefix, lf.darling, lf.style, lf.log
-	hostKey := fs.String("host-key", defaultHostKey, "ed25519 host key file, generated if missing")
-	authKeys := fs.String("authorized-keys", "/etc/nix/darling-builder-key.pub", "public key or authorized_keys file of the users allowed in")
-	allowUsers := fs.String("allow-users", "root", "comma-separated login names allowed in")
+	fs.StringVar(&o.HostKeyPath, "host-key", d.HostKeyPath, "ed25519 host key file, generated if missing")
+	fs.StringVar(&o.AuthorizedKeysPath, "authorized-keys", d.AuthorizedKeysPath, "public key or authorized_keys file of the users allowed in")
+	allowUsers := fs.String("allow-users", strings.Join(d.AllowUsers, ","), "comma-separated login names allowed in")
 	acceptEnv := fs.String("accept-env", "", "comma-separated names or globs of variables clients may set, beyond "+strings.Join(sshserver.DefaultAcceptEnv(), ","))
-	knownHosts := fs.String("known-hosts-out", defaultKnownHosts, "known_hosts file to write for the host key (empty: none)")
-	alias := fs.String("host-alias", defaultAlias, "host alias the known_hosts file names, as ssh-config's HostKeyAlias")
-	killGrace := fs.Duration("kill-grace", 5*time.Second, "time between SIGHUP and SIGKILL when a session's processes are ended")
-	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
-	loginGrace := fs.Duration("login-grace-time", 30*time.Second, "a connection that has not logged in by then is closed")
-	maxStartups := fs.String("max-startups", "64:30:256", "unauthenticated connections: start:rate:full, as sshd's MaxStartups")
-	maxAuthTries := fs.Int("max-auth-tries", 6, "authentication attempts per connection")
-	maxSessions := fs.Int("max-sessions", 10, "sessions open at once per connection")
-	maxExec := fs.Int("max-exec", 0, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
-	keepaliveInterval := fs.Duration("keepalive-interval", 15*time.Second, "how often to check that a client is still there (0: never)")
-	keepaliveCountMax := fs.Int("keepalive-count-max", 3, "unanswered keepalives before a connection is closed")
-	shutdownGrace := fs.Duration("shutdown-grace", 30*time.Second, "on SIGTERM, how long running sessions may finish before they are ended")
+	fs.StringVar(&o.KnownHostsOut, "known-hosts-out", d.KnownHostsOut, "known_hosts file to write for the host key (empty: none)")
+	fs.StringVar(&o.HostAlias, "host-alias", d.HostAlias, "host alias the known_hosts file names, as ssh-config's HostKeyAlias")
+	fs.DurationVar(&o.KillGrace, "kill-grace", d.KillGrace, "time between SIGHUP and SIGKILL when a session's processes are ended")
+	fs.DurationVar(&o.WarmTimeout, "warm-timeout", d.WarmTimeout, "how long warming the prefix may take")
+	fs.DurationVar(&o.LoginGraceTime, "login-grace-time", d.LoginGraceTime, "a connection that has not logged in by then is closed")
+	maxStartups := fs.String("max-startups", fmt.Sprintf("%d:%d:%d", d.MaxStartups.Start, d.MaxStartups.Rate, d.MaxStartups.Full), "unauthenticated connections: start:rate:full, as sshd's MaxStartups")
+	fs.IntVar(&o.MaxAuthTries, "max-auth-tries", d.MaxAuthTries, "authentication attempts per connection")
+	fs.IntVar(&o.MaxSessions, "max-sessions", d.MaxSessions, "sessions open at once per connection")
+	fs.IntVar(&o.MaxExec, "max-exec", d.MaxExec, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
+	fs.DurationVar(&o.KeepaliveInterval, "keepalive-interval", d.KeepaliveInterval, "how often to check that a client is still there (0: never)")
+	fs.IntVar(&o.KeepaliveCountMax, "keepalive-count-max", d.KeepaliveCountMax, "unanswered keepalives before a connection is closed")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "on SIGTERM, how long running sessions may finish before they are ended")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles on this address, e.g. 127.0.0.1:6060 (off when empty)")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(serveGCPercent)
-	}
-	st, err := darlingexec.ParseStyle(*style)
-	if err != nil {
-		return usageError(stderr, "serve", "prefix-style", err)
-	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return usageError(stderr, "serve", "log-level", err)
-	}
-	if *killGrace < 0 {
-		return usageError(stderr, "serve", "kill-grace", errors.New("must not be negative"))
-	}
-	if *warmTimeout <= 0 {
-		return usageError(stderr, "serve", "warm-timeout", errors.New("must be positive"))
 	}
 	ms, err := sshserver.ParseMaxStartups(*maxStartups)
 	if err != nil {
 		return usageError(stderr, "serve", "max-startups", err)
 	}
-	for _, f := range []struct {
-		name string
-		v    int
-		min  int
-	}{{"max-auth-tries", *maxAuthTries, 1}, {"max-sessions", *maxSessions, 1}, {"max-exec", *maxExec, 0}, {"keepalive-count-max", *keepaliveCountMax, 1}} {
-		if f.v < f.min {
-			return usageError(stderr, "serve", f.name, fmt.Errorf("must be at least %d", f.min))
+	o.MaxStartups, o.AllowUsers, o.AcceptEnv = ms, list(*allowUsers), list(*acceptEnv)
+	lf.apply(&o)
+	var oe *sshserver.OptionError
+	if err := o.Validate(); errors.As(err, &oe) {
+		return usageError(stderr, "serve", oe.Flag, oe.Err)
+	}
+	o.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return serveWith(o, *pprofAddr)
+}
+
+// serveWith applies serve's process-wide settings, then runs the server
+// until SIGINT or SIGTERM.
+func serveWith(o sshserver.Options, pprofAddr string) int {
+	log := o.Log
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(serveGCPercent)
+	}
+	// File descriptors the server inherited without close-on-exec would
+	// reach every launcher, and through a cold start the container and
+	// every command, holding the parent's pipes open.
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		log.Error("darling-sshd serve: mark inherited files close-on-exec", "err", err)
+		return 1
+	}
+	if pprofAddr != "" {
+		pl, err := servePprof(pprofAddr, log)
+		if err != nil {
+			log.Error("darling-sshd serve failed", "err", err)
+			return 1
 		}
+		defer pl.Close()
 	}
-	if *keepaliveInterval < 0 {
-		return usageError(stderr, "serve", "keepalive-interval", errors.New("must not be negative"))
-	}
-	if *shutdownGrace < 0 {
-		return usageError(stderr, "serve", "shutdown-grace", errors.New("must not be negative"))
-	}
-	if *loginGrace <= 0 {
-		return usageError(stderr, "serve", "login-grace-time", errors.New("must be positive"))
-	}
-	if *prefix == "" {
-		return usageError(stderr, "serve", "prefix", errors.New("must not be empty"))
-	}
-	users := list(*allowUsers)
-	if len(users) == 0 {
-		return usageError(stderr, "serve", "allow-users", errors.New("names no user"))
-	}
-	envs := list(*acceptEnv)
-	for _, p := range envs {
-		if err := sshserver.CheckEnvPattern(p); err != nil {
-			return usageError(stderr, "serve", "accept-env", err)
-		}
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
-	err = sshserver.Run(ctx, sshserver.Options{
-		Listen:             *listen,
-		Prefix:             *prefix,
-		Darling:            *darling,
-		PrefixStyle:        st,
-		LauncherLog:        *launcherLog,
-		HostKeyPath:        *hostKey,
-		AuthorizedKeysPath: *authKeys,
-		AllowUsers:         users,
-		AcceptEnv:          envs,
-		KillGrace:          *killGrace,
-		WarmTimeout:        *warmTimeout,
-		LoginGraceTime:     *loginGrace,
-		ShutdownGrace:      *shutdownGrace,
-		MaxStartups:        ms,
-		MaxAuthTries:       *maxAuthTries,
-		MaxSessions:        *maxSessions,
-		MaxExec:            *maxExec,
-		KeepaliveInterval:  *keepaliveInterval,
-		KeepaliveCountMax:  *keepaliveCountMax,
-		PprofAddr:          *pprofAddr,
-		Reload:             reload,
-		Ready:              func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) },
-		KnownHostsOut:      *knownHosts,
-		HostAlias:          *alias,
-		Log:                log,
-	})
-	if err != nil {
+	defer signal.Stop(reload)
+	o.Reload = reload
+	o.Ready = func() { _, _ = daemon.SdNotify(false, daemon.SdNotifyReady) }
+	if err := sshserver.Run(ctx, o); err != nil {
 		log.Error("darling-sshd serve failed", "err", err)
 		return 1
 	}
@@ -249,12 +210,18 @@ type launcherFlags struct {
 }
 
 func addLauncherFlags(fs *flag.FlagSet) launcherFlags {
+	d := sshserver.DefaultOptions()
 	return launcherFlags{
-		prefix:  fs.String("prefix", defaultPrefix, "Darling prefix the sessions run in (Darling creates it; we never do)"),
-		darling: fs.String("darling", "darling", "Darling launcher: a path, or a name looked up in PATH"),
-		style:   fs.String("prefix-style", string(darlingexec.DefaultStyle), "how the launcher gets the prefix: env (DPREFIX only, as upstream Darling takes it) or flag (--prefix P plus DPREFIX, for a wrapper that wants it)"),
+		prefix:  fs.String("prefix", d.Prefix, "Darling prefix the sessions run in (Darling creates it; we never do)"),
+		darling: fs.String("darling", d.Darling, "Darling launcher: a path, or a name looked up in PATH"),
+		style:   fs.String("prefix-style", string(d.PrefixStyle), "how the launcher gets the prefix: env (DPREFIX only, as upstream Darling takes it) or flag (--prefix P plus DPREFIX, for a wrapper that wants it)"),
 		log:     fs.String("launcher-log", "", "file the warm-up's launcher, and a container it starts, write their output to (default: the prefix path + .launcher.log)"),
 	}
+}
+
+// apply sets the launcher's options from the flags.
+func (lf launcherFlags) apply(o *sshserver.Options) {
+	o.Prefix, o.Darling, o.PrefixStyle, o.LauncherLog = *lf.prefix, *lf.darling, darlingexec.Style(*lf.style), *lf.log
 }
 
 func initPrefix(args []string, stdout, stderr io.Writer) int {
@@ -264,19 +231,22 @@ func initPrefix(args []string, stdout, stderr io.Writer) int {
 	features := fs.String("system-features", "", "comma-separated system-features for the prefix's nix.conf")
 	maxJobs := fs.Int("max-jobs", 4, "max-jobs for the prefix's nix.conf")
 	force := fs.Bool("force", false, "overwrite managed files a person edited")
-	warmTimeout := fs.Duration("warm-timeout", 60*time.Second, "how long warming the prefix may take")
+	warmTimeout := fs.Duration("warm-timeout", sshserver.DefaultOptions().WarmTimeout, "how long warming the prefix may take")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
-	}
-	st, err := darlingexec.ParseStyle(*lf.style)
-	if err != nil {
-		return usageError(stderr, "init", "prefix-style", err)
 	}
 	if *maxJobs < 1 {
 		return usageError(stderr, "init", "max-jobs", errors.New("must be at least 1"))
 	}
-	l, err := sshserver.NewLauncher(*lf.darling, *lf.prefix, st, *lf.log, *warmTimeout,
-		slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	o := sshserver.DefaultOptions()
+	lf.apply(&o)
+	o.WarmTimeout = *warmTimeout
+	var oe *sshserver.OptionError
+	if err := o.Validate(); errors.As(err, &oe) {
+		return usageError(stderr, "init", oe.Flag, oe.Err)
+	}
+	o.Log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	l, err := sshserver.NewLauncher(o)
 	if err != nil {
 		fmt.Fprintf(stderr, "darling-sshd init: %v\n", err)
 		return 1
@@ -293,7 +263,7 @@ func initPrefix(args []string, stdout, stderr io.Writer) int {
 
 func hostkey(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("hostkey", flag.ContinueOnError)
-	path := fs.String("host-key", defaultHostKey, "ed25519 host key file, generated if missing")
+	path := fs.String("host-key", sshserver.DefaultOptions().HostKeyPath, "ed25519 host key file, generated if missing")
 	format := fs.String("format", "openssh", "output: openssh (the public key line) or base64 (Nix's publicHostKey)")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
@@ -318,10 +288,10 @@ func hostkey(args []string, stdout, stderr io.Writer) int {
 
 func check(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	listen := fs.String("listen", defaultListen, "address of the server (host:port)")
+	listen := fs.String("listen", sshserver.DefaultOptions().Listen, "address of the server (host:port)")
 	user := fs.String("user", "root", "login name")
 	identity := fs.String("identity", defaultIdentity, "private key to log in with (the Nix daemon's builder key)")
-	knownHosts := fs.String("known-hosts", defaultKnownHosts, "known_hosts file that pins the server's host key")
+	knownHosts := fs.String("known-hosts", sshserver.DefaultOptions().KnownHostsOut, "known_hosts file that pins the server's host key")
 	command := fs.String("command", "nix-store --serve --write", "remote command that speaks Nix's serve protocol")
 	timeout := fs.Duration("timeout", 60*time.Second, "bound on the whole check")
 	if code, ok := parse(fs, args, stderr); !ok {
@@ -348,7 +318,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 // the same flags so that they always describe the same builder.
 func builderText(cmd string, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	alias := fs.String("host-alias", defaultAlias, "ssh Host alias and HostKeyAlias the builder is known by")
+	alias := fs.String("host-alias", sshserver.DefaultOptions().HostAlias, "ssh Host alias and HostKeyAlias the builder is known by")
 	protocol := fs.String("protocol", "ssh", "Nix store protocol: ssh (nix-store --serve) or ssh-ng (nix-daemon --stdio)")
 	user := fs.String("user", "root", "login name")
 	systems := fs.String("systems", "x86_64-darwin", "comma-separated systems the builder builds for")
@@ -357,10 +327,10 @@ func builderText(cmd string, args []string, stdout, stderr io.Writer) int {
 	speed := fs.Int("speed-factor", 1, "speed factor relative to other builders")
 	supported := fs.String("supported-features", "", "comma-separated supported system features")
 	mandatory := fs.String("mandatory-features", "", "comma-separated mandatory system features")
-	hostKey := fs.String("host-key", defaultHostKey, "host key file; publicHostKey comes from its .pub")
+	hostKey := fs.String("host-key", sshserver.DefaultOptions().HostKeyPath, "host key file; publicHostKey comes from its .pub")
 	noHostKey := fs.Bool("no-public-host-key", false, "write - for publicHostKey (trust comes from the known hosts file)")
-	listen := fs.String("listen", defaultListen, "address the server listens on (host:port)")
-	knownHosts := fs.String("known-hosts-out", defaultKnownHosts, "known_hosts file the server writes")
+	listen := fs.String("listen", sshserver.DefaultOptions().Listen, "address the server listens on (host:port)")
+	knownHosts := fs.String("known-hosts-out", sshserver.DefaultOptions().KnownHostsOut, "known_hosts file the server writes")
 	if code, ok := parse(fs, args, stderr); !ok {
 		return code
 	}

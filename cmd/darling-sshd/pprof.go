@@ -1,7 +1,8 @@
-package sshserver
+package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -9,8 +10,9 @@ import (
 
 // servePprof serves Go's profiles on addr (--pprof, off by default): CPU,
 // heap and goroutine profiles for tuning and soak tests. Give it a
-// loopback address: the profiles are not for the network.
-func (s *Server) servePprof(addr string) (net.Listener, error) {
+// loopback address: the profiles are not for the network. Closing the
+// listener stops it.
+func servePprof(addr string, log *slog.Logger) (net.Listener, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("pprof listen %s: %w", addr, err)
@@ -22,6 +24,6 @@ func (s *Server) servePprof(addr string) (net.Listener, error) {
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	go func() { _ = http.Serve(l, mux) }()
-	s.log.Info("pprof listening", "addr", l.Addr().String())
+	log.Info("pprof listening", "addr", l.Addr().String())
 	return l, nil
 }

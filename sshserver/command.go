@@ -1,0 +1,63 @@
+package sshserver
+
+import (
+	"context"
+	"io"
+	"os"
+
+	"github.com/darling-sshd/darling-sshd/darlingexec"
+)
+
+// Command is what a session needs of its running command. darlingexec's
+// Process is the real one; tests drive sessions with a fake.
+type Command interface {
+	// Stdio returns the command's stdin (closing it is the command's
+	// EOF) and its stdout and stderr, each read once to its end.
+	Stdio() (stdin io.WriteCloser, stdout, stderr io.WriterTo)
+	// Resize sets the terminal's size; an error without a terminal.
+	Resize(cols, rows uint16) error
+	// Signal delivers an RFC 4254 signal name to the command.
+	Signal(name string) error
+	// Done is closed when the launcher has exited; Wait then says how.
+	Done() <-chan struct{}
+	Wait() (darlingexec.ExitStatus, error)
+	// End ends every process of the session; Sweep ends those left
+	// after a normal exit. Both return once none is left.
+	End(ctx context.Context)
+	Sweep(ctx context.Context)
+	// CloseOutput stops reading the output: pending reads return.
+	CloseOutput()
+	Pid() int
+}
+
+// Launcher starts commands in the prefix and opens it for SFTP.
+// darlingexec's Launcher is the real one.
+type Launcher interface {
+	Warm(ctx context.Context) error
+	Start(ctx context.Context, r darlingexec.Request) (Command, error)
+	// PrefixRoot opens the prefix's root as its processes see it.
+	PrefixRoot(ctx context.Context) (*os.File, error)
+	ContainerRunning() bool
+	// Path names the launcher for the log.
+	Path() string
+}
+
+// darling adapts darlingexec's Launcher to Launcher.
+type darling struct{ *darlingexec.Launcher }
+
+func (d darling) Start(ctx context.Context, r darlingexec.Request) (Command, error) {
+	p, err := d.Launcher.Start(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	return process{p}, nil
+}
+
+func (d darling) Path() string { return d.Launcher.Path }
+
+// process adapts darlingexec's Process to Command.
+type process struct{ *darlingexec.Process }
+
+func (p process) Stdio() (io.WriteCloser, io.WriterTo, io.WriterTo) {
+	return p.Stdin, p.Stdout, p.Stderr
+}
