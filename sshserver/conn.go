@@ -26,8 +26,8 @@ type conn struct {
 	unauthed   sync.Once   // counted out of the unauthenticated connections
 
 	mu       sync.Mutex
-	user     string                        // the name it tried to log in as
-	methods  []string                      // the methods it tried, for the log
+	user     string                         // the name it tried to log in as
+	methods  []string                       // the methods it tried, for the log
 	offered  map[string]*auth.AuthorizedKey // keys publicKey accepted, by their wire form
 	key      *auth.AuthorizedKey            // the key it logged in with; fixed once set
 	loggedIn bool

@@ -60,4 +60,3 @@ func (m MaxStartups) drop(n int, r func(int) int) bool {
 	}
 	return r(100) < p
 }
-

@@ -61,21 +61,21 @@ type session struct {
 
 	// Events; each nil once it fired or while it cannot.
 	reqs       <-chan *gossh.Request
-	done       <-chan struct{}    // the command's launcher exited
-	drained    <-chan struct{}    // both output streams reached their end
-	drainTimer <-chan time.Time   // stop waiting for output
-	shutdown   <-chan struct{}    // the server is ending sessions
-	taskDone   chan func()        // a task finished; run what it returns
-	panicked   chan any           // a goroutine of the session panicked
-	sftpDone   <-chan struct{}    // the SFTP server returned
-	gone       chan struct{}      // closed when the requests end: the peer left
-	task       bool               // a task is running
-	slot       bool               // the session holds an exec slot
-	registered bool               // counted in the server's running sessions
-	cmd        Command            // once started
+	done       <-chan struct{}        // the command's launcher exited
+	drained    <-chan struct{}        // both output streams reached their end
+	drainTimer <-chan time.Time       // stop waiting for output
+	shutdown   <-chan struct{}        // the server is ending sessions
+	taskDone   chan func()            // a task finished; run what it returns
+	panicked   chan any               // a goroutine of the session panicked
+	sftpDone   <-chan struct{}        // the SFTP server returned
+	gone       chan struct{}          // closed when the requests end: the peer left
+	task       bool                   // a task is running
+	slot       bool                   // the session holds an exec slot
+	registered bool                   // counted in the server's running sessions
+	cmd        Command                // once started
 	pending    atomic.Pointer[launch] // the start task's result, until the loop takes it
-	sftp       bool               // the session serves SFTP in-process
-	sftpErr    error              // why the SFTP server returned
+	sftp       bool                   // the session serves SFTP in-process
+	sftpErr    error                  // why the SFTP server returned
 
 	peerGone    bool // the requests ended: the client closed the channel or left
 	serverEnded bool // the server ended the session

@@ -45,7 +45,6 @@ const (
 	defaultIdentity = "/etc/nix/darling-builder-key"
 )
 
-
 // serveGCPercent is serve's garbage collection target unless GOGC is set.
 // Collections are cheap for this server: its live heap is a few MB, and
 // received packets and copy buffers come from pools, so a GiB moved
