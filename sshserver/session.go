@@ -213,6 +213,9 @@ func (se *session) reqsEnded() {
 	case requested:
 		se.enter(closed)
 	case running, exited:
+		if se.sftp {
+			return // the channel's close ends the SFTP server
+		}
 		se.log.Info("client went away; ending session processes", "pid", se.cmd.Pid())
 		se.end(0)
 	}
