@@ -59,27 +59,30 @@ type session struct {
 	pty      *ptyRequest
 	size     atomic.Pointer[windowChange] // the latest size; read by the starting command
 
-	// Events; each nil once it fired or while it cannot.
+	// Events; each nil once it fired, or while it cannot fire.
 	reqs       <-chan *gossh.Request
-	done       <-chan struct{}        // the command's launcher exited
-	drained    <-chan struct{}        // both output streams reached their end
-	drainTimer <-chan time.Time       // stop waiting for output
-	shutdown   <-chan struct{}        // the server is ending sessions
-	taskDone   chan func()            // a task finished; run what it returns
-	panicked   chan any               // a goroutine of the session panicked
-	sftpDone   <-chan struct{}        // the SFTP server returned
-	gone       chan struct{}          // closed when the requests end: the peer left
-	task       bool                   // a task is running
-	slot       bool                   // the session holds an exec slot
-	registered bool                   // counted in the server's running sessions
+	done       <-chan struct{}  // the command's launcher exited
+	drained    <-chan struct{}  // both output streams reached their end
+	drainTimer <-chan time.Time // stop waiting for output
+	shutdown   <-chan struct{}  // the server is ending sessions
+	sftpDone   <-chan struct{}  // the SFTP server returned
+	taskDone   chan func()      // the task finished; run what it returns
+	panicked   chan any         // another goroutine of the session panicked
+
+	// What the session holds.
 	cmd        Command                // once started
 	pending    atomic.Pointer[launch] // the start task's result, until the loop takes it
-	sftp       bool                   // the session serves SFTP in-process
-	sftpErr    error                  // why the SFTP server returned
+	task       bool                   // a task is running
+	slot       bool                   // an exec slot
+	registered bool                   // a place among the server's running sessions
+	sftp       bool                   // SFTP is served in-process, not a command
+	sftpErr    error                  // why the SFTP server returned; read after sftpDone
+	gone       chan struct{}          // closed when the requests end, for the start task
 
-	peerGone    bool // the requests ended: the client closed the channel or left
-	serverEnded bool // the server ended the session
-	ending      bool // End was asked for; drainAfter applies once it returns
+	// How it is ending.
+	peerGone    bool // the client closed the channel or left
+	serverEnded bool // the server is shutting down
+	ending      bool // End was called; drainAfter applies once it returned
 	endReturned bool
 	drainAfter  time.Duration
 }
