@@ -182,16 +182,20 @@ func (se *session) spawn(f func() (then func())) {
 	se.task = true
 	go func() {
 		then := func() {}
-		defer func() {
-			if v := recover(); v != nil {
-				se.panicked <- panicValue{v, debug.Stack()}
-			}
-			se.taskDone <- then
-		}()
+		defer func() { se.taskDone <- then }()
+		defer se.catch()
 		if t := f(); t != nil {
 			then = t
 		}
 	}()
+}
+
+// catch hands a panic of a goroutine other than the loop to the loop,
+// with the stack where it happened. Deferred, it is what recovers.
+func (se *session) catch() {
+	if v := recover(); v != nil {
+		se.panicked <- panicValue{v, debug.Stack()}
+	}
 }
 
 // panicValue is a panic of another goroutine, with its stack.
@@ -203,11 +207,7 @@ type panicValue struct {
 // goSafe runs f in a goroutine whose panic is the session's.
 func (se *session) goSafe(f func()) {
 	go func() {
-		defer func() {
-			if v := recover(); v != nil {
-				se.panicked <- panicValue{v, debug.Stack()}
-			}
-		}()
+		defer se.catch()
 		f()
 	}()
 }
