@@ -42,79 +42,85 @@ func ParseOptions(opts []string) (KeyOptions, error) {
 				return o, fmt.Errorf("option %s: %w", name, err)
 			}
 		}
-		needValue := func() error {
-			if !hasValue {
-				return fmt.Errorf("option %s needs a value", name)
-			}
-			return nil
-		}
 		switch name {
 		case "restrict":
 			restrict = true
 		case "pty":
 			pty = true
-		case "no-pty":
-			o.NoPty = true
-		case "no-touch-required":
-			o.NoTouchRequired = true
-		case "no-port-forwarding", "no-agent-forwarding", "no-x11-forwarding", "no-user-rc",
-			"port-forwarding", "agent-forwarding", "x11-forwarding", "user-rc":
-			// This server never forwards ports, agents or X11 and runs no
-			// user rc: forbidding them changes nothing, and permitting them
-			// grants nothing.
-		case "permitopen", "permitlisten":
-			if err := needValue(); err != nil {
-				return o, err
-			}
-		case "command":
-			if err := needValue(); err != nil {
-				return o, err
-			}
-			if o.Command != nil {
-				return o, fmt.Errorf("option command given twice")
-			}
-			c := value
-			o.Command = &c
-		case "from":
-			if err := needValue(); err != nil {
-				return o, err
-			}
-			for _, p := range strings.Split(value, ",") {
-				if err := checkFromPattern(p); err != nil {
-					return o, fmt.Errorf("option from: %w", err)
-				}
-				o.From = append(o.From, p)
-			}
-		case "environment":
-			if err := needValue(); err != nil {
-				return o, err
-			}
-			n, _, ok := strings.Cut(value, "=")
-			if !ok || !ValidEnvName(n) {
-				return o, fmt.Errorf("option environment: %q is not NAME=value", value)
-			}
-			o.Environment = append(o.Environment, value)
-		case "expiry-time":
-			if err := needValue(); err != nil {
-				return o, err
-			}
-			t, err := parseExpiry(value)
-			if err != nil {
-				return o, fmt.Errorf("option expiry-time: %w", err)
-			}
-			if o.Expiry.IsZero() || t.Before(o.Expiry) {
-				o.Expiry = t
-			}
-		case "verify-required":
-			return o, fmt.Errorf("option verify-required is not supported (security key PIN verification)")
 		default:
-			return o, fmt.Errorf("option %q is not supported", name)
+			if err := o.apply(name, value, hasValue); err != nil {
+				return o, err
+			}
 		}
 	}
+	// restrict and pty may come in either order: only the whole line says
+	// whether a terminal is allowed.
 	if restrict && !pty {
 		o.NoPty = true
 	}
 	return o, nil
+}
+
+// apply records one option other than restrict and pty; value is already
+// unquoted, and hasValue tells an empty value from none.
+func (o *KeyOptions) apply(name, value string, hasValue bool) error {
+	switch name {
+	case "no-pty":
+		o.NoPty = true
+	case "no-touch-required":
+		o.NoTouchRequired = true
+	case "no-port-forwarding", "no-agent-forwarding", "no-x11-forwarding", "no-user-rc",
+		"port-forwarding", "agent-forwarding", "x11-forwarding", "user-rc":
+		// This server never forwards ports, agents or X11 and runs no
+		// user rc: forbidding them changes nothing, and permitting them
+		// grants nothing.
+	case "permitopen", "permitlisten", "command", "from", "environment", "expiry-time":
+		if !hasValue {
+			return fmt.Errorf("option %s needs a value", name)
+		}
+		return o.applyValue(name, value)
+	case "verify-required":
+		return fmt.Errorf("option verify-required is not supported (security key PIN verification)")
+	default:
+		return fmt.Errorf("option %q is not supported", name)
+	}
+	return nil
+}
+
+// applyValue records one of the options that take a value.
+func (o *KeyOptions) applyValue(name, value string) error {
+	switch name {
+	case "command":
+		if o.Command != nil {
+			return fmt.Errorf("option command given twice")
+		}
+		o.Command = &value
+	case "from":
+		for _, p := range strings.Split(value, ",") {
+			if err := checkFromPattern(p); err != nil {
+				return fmt.Errorf("option from: %w", err)
+			}
+			o.From = append(o.From, p)
+		}
+	case "environment":
+		n, _, ok := strings.Cut(value, "=")
+		if !ok || !ValidEnvName(n) {
+			return fmt.Errorf("option environment: %q is not NAME=value", value)
+		}
+		o.Environment = append(o.Environment, value)
+	case "expiry-time":
+		t, err := parseExpiry(value)
+		if err != nil {
+			return fmt.Errorf("option expiry-time: %w", err)
+		}
+		// Given more than once, the earliest wins.
+		if o.Expiry.IsZero() || t.Before(o.Expiry) {
+			o.Expiry = t
+		}
+	}
+	// permitopen and permitlisten need a value and grant nothing: this
+	// server forwards nothing.
+	return nil
 }
 
 // unquoteOption undoes an option value's double quotes; inside them, \"
