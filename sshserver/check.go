@@ -49,83 +49,153 @@ func Check(ctx context.Context, o CheckOptions) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
-	ok := func(step, detail string) { fmt.Fprintf(o.Out, "ok    %-9s %s\n", step, detail) }
-	fail := func(step string, err error) error {
-		fmt.Fprintf(o.Out, "FAIL  %-9s %v\n", step, err)
-		return errCheckFailed
-	}
+	r := checkReport{out: o.Out}
 
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", o.Addr)
+	conn, err := r.dial(ctx, o.Addr)
 	if err != nil {
-		return fail("tcp", err)
+		return err
 	}
 	defer conn.Close()
-	ok("tcp", o.Addr)
-	if dl, has := ctx.Deadline(); has {
-		conn.SetDeadline(dl)
-	}
-
-	hostKeyCB, err := knownhosts.New(o.KnownHosts)
+	client, err := r.login(conn, o)
 	if err != nil {
-		return fail("host key", fmt.Errorf("known hosts %s: %w", o.KnownHosts, err))
+		return err
 	}
-	keyPEM, err := os.ReadFile(o.Identity)
-	if err != nil {
-		return fail("auth", fmt.Errorf("identity: %w", err))
-	}
-	signer, err := gossh.ParsePrivateKey(keyPEM)
-	if err != nil {
-		return fail("auth", fmt.Errorf("identity %s: %w", o.Identity, err))
-	}
-	var hostKeyErr error
-	var hostKey gossh.PublicKey
-	cfg := &gossh.ClientConfig{
-		User: o.User,
-		Auth: []gossh.AuthMethod{gossh.PublicKeys(signer)},
-		HostKeyCallback: func(host string, remote net.Addr, key gossh.PublicKey) error {
-			hostKey = key
-			hostKeyErr = hostKeyCB(host, remote, key)
-			return hostKeyErr
-		},
-	}
-	c, chans, reqs, err := gossh.NewClientConn(conn, o.Addr, cfg)
-	switch {
-	case hostKey == nil && err != nil:
-		return fail("host key", fmt.Errorf("ssh handshake: %w", err))
-	case hostKeyErr != nil:
-		return fail("host key", fmt.Errorf("%s %s not trusted by %s: %w", hostKey.Type(), gossh.FingerprintSHA256(hostKey), o.KnownHosts, hostKeyErr))
-	}
-	ok("host key", hostKey.Type()+" "+gossh.FingerprintSHA256(hostKey))
-	if err != nil {
-		return fail("auth", fmt.Errorf("as %s with %s: %w", o.User, o.Identity, err))
-	}
-	client := gossh.NewClient(c, chans, reqs)
 	defer client.Close()
-	ok("auth", o.User+" with "+o.Identity+" ("+gossh.FingerprintSHA256(signer.PublicKey())+")")
 
 	sess, err := client.NewSession()
 	if err != nil {
-		return fail("command", err)
+		return r.fail("command", err)
 	}
 	defer sess.Close()
 	var stderr bytes.Buffer
-	sess.Stderr = &stderr
+	stdin, stdout, err := r.start(sess, o.Command, &stderr)
+	if err != nil {
+		return err
+	}
+	if err := r.handshake(stdin, stdout, &stderr); err != nil {
+		return err
+	}
+	stdin.Close()
+	return nil
+}
+
+// checkReport prints Check's steps, one line each.
+type checkReport struct{ out io.Writer }
+
+func (r checkReport) ok(step, detail string) {
+	fmt.Fprintf(r.out, "ok    %-9s %s\n", step, detail)
+}
+
+// fail prints why step failed and returns errCheckFailed: the line is the
+// report, the error only says that there was one.
+func (r checkReport) fail(step string, err error) error {
+	fmt.Fprintf(r.out, "FAIL  %-9s %v\n", step, err)
+	return errCheckFailed
+}
+
+// dial opens the TCP connection, bounded by ctx's deadline for the whole
+// check, not only for the connect.
+func (r checkReport) dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, r.fail("tcp", err)
+	}
+	r.ok("tcp", addr)
+	if dl, has := ctx.Deadline(); has {
+		conn.SetDeadline(dl)
+	}
+	return conn, nil
+}
+
+// login runs the SSH handshake over conn: the host key pinned by
+// o.KnownHosts, then public key authentication with o.Identity. A failed
+// handshake is reported under host key until the key has been seen (or
+// when it is not trusted), and under auth after.
+func (r checkReport) login(conn net.Conn, o CheckOptions) (*gossh.Client, error) {
+	hostKeyCB, err := knownhosts.New(o.KnownHosts)
+	if err != nil {
+		return nil, r.fail("host key", fmt.Errorf("known hosts %s: %w", o.KnownHosts, err))
+	}
+	signer, err := r.identity(o.Identity)
+	if err != nil {
+		return nil, err
+	}
+	hk := &seenHostKey{check: hostKeyCB}
+	cfg := &gossh.ClientConfig{
+		User:            o.User,
+		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
+		HostKeyCallback: hk.callback,
+	}
+	c, chans, reqs, err := gossh.NewClientConn(conn, o.Addr, cfg)
+	switch {
+	case hk.key == nil && err != nil:
+		return nil, r.fail("host key", fmt.Errorf("ssh handshake: %w", err))
+	case hk.err != nil:
+		return nil, r.fail("host key", fmt.Errorf("%s %s not trusted by %s: %w", hk.key.Type(), gossh.FingerprintSHA256(hk.key), o.KnownHosts, hk.err))
+	}
+	r.ok("host key", hk.key.Type()+" "+gossh.FingerprintSHA256(hk.key))
+	if err != nil {
+		return nil, r.fail("auth", fmt.Errorf("as %s with %s: %w", o.User, o.Identity, err))
+	}
+	client := gossh.NewClient(c, chans, reqs)
+	r.ok("auth", o.User+" with "+o.Identity+" ("+gossh.FingerprintSHA256(signer.PublicKey())+")")
+	return client, nil
+}
+
+// identity reads the private key to authenticate with.
+func (r checkReport) identity(path string) (gossh.Signer, error) {
+	keyPEM, err := os.ReadFile(path)
+	if err != nil {
+		return nil, r.fail("auth", fmt.Errorf("identity: %w", err))
+	}
+	signer, err := gossh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return nil, r.fail("auth", fmt.Errorf("identity %s: %w", path, err))
+	}
+	return signer, nil
+}
+
+// seenHostKey keeps the host key the server offered and the known_hosts
+// verdict on it: the handshake's error alone cannot tell an untrusted
+// host key from a failure before or after the key was checked.
+type seenHostKey struct {
+	check gossh.HostKeyCallback
+	key   gossh.PublicKey
+	err   error
+}
+
+func (h *seenHostKey) callback(host string, remote net.Addr, key gossh.PublicKey) error {
+	h.key = key
+	h.err = h.check(host, remote, key)
+	return h.err
+}
+
+// start runs command in sess with its stderr collected in stderr, and
+// returns its stdin and stdout.
+func (r checkReport) start(sess *gossh.Session, command string, stderr *bytes.Buffer) (io.WriteCloser, io.Reader, error) {
+	sess.Stderr = stderr
 	stdin, err1 := sess.StdinPipe()
 	stdout, err2 := sess.StdoutPipe()
 	if err := errors.Join(err1, err2); err != nil {
-		return fail("command", err)
+		return nil, nil, r.fail("command", err)
 	}
-	if err := sess.Start(o.Command); err != nil {
-		return fail("command", fmt.Errorf("%s: %w", o.Command, err))
+	if err := sess.Start(command); err != nil {
+		return nil, nil, r.fail("command", fmt.Errorf("%s: %w", command, err))
 	}
-	ok("command", o.Command)
+	r.ok("command", command)
+	return stdin, stdout, nil
+}
 
+// handshake sends the client's hello of the serve protocol and checks
+// the server's. When no answer comes, what the command wrote on stderr
+// is the likeliest explanation, so it goes into the report.
+func (r checkReport) handshake(stdin io.Writer, stdout io.Reader, stderr *bytes.Buffer) error {
 	var hello [16]byte
 	binary.LittleEndian.PutUint64(hello[:8], serveMagic1)
 	binary.LittleEndian.PutUint64(hello[8:], serveVersion)
 	if _, err := stdin.Write(hello[:]); err != nil {
-		return fail("handshake", err)
+		return r.fail("handshake", err)
 	}
 	var reply [16]byte
 	if _, err := io.ReadFull(stdout, reply[:]); err != nil {
@@ -133,14 +203,13 @@ func Check(ctx context.Context, o CheckOptions) error {
 		if msg == "" {
 			msg = "no answer"
 		}
-		return fail("handshake", fmt.Errorf("%w: %s", err, msg))
+		return r.fail("handshake", fmt.Errorf("%w: %s", err, msg))
 	}
 	magic := binary.LittleEndian.Uint64(reply[:8])
 	version := binary.LittleEndian.Uint64(reply[8:])
 	if magic != serveMagic2 {
-		return fail("handshake", fmt.Errorf("protocol mismatch: got magic %#x, want %#x (stray output on stdout?)", magic, serveMagic2))
+		return r.fail("handshake", fmt.Errorf("protocol mismatch: got magic %#x, want %#x (stray output on stdout?)", magic, serveMagic2))
 	}
-	ok("handshake", fmt.Sprintf("nix-store --serve protocol %d.%d", version>>8&0xff, version&0xff))
-	stdin.Close()
+	r.ok("handshake", fmt.Sprintf("nix-store --serve protocol %d.%d", version>>8&0xff, version&0xff))
 	return nil
 }
