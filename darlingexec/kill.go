@@ -3,6 +3,7 @@ package darlingexec
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"strconv"
 	"sync"
@@ -27,7 +28,7 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 		return
 	}
 	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
-	signalAll(pids, unix.SIGHUP)
+	ps.signal(pids, unix.SIGHUP)
 	hupDeadline := time.Now().Add(grace)
 	var killDeadline time.Time
 	// Known processes are checked often, cheaply; the whole of /proc (for
@@ -40,7 +41,7 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	for {
 		select {
 		case <-ctx.Done():
-			signalAll(l.tracker.scan(ps), unix.SIGKILL)
+			ps.signal(l.tracker.scan(ps), unix.SIGKILL)
 			return
 		case <-tick.C:
 			pids = ps.alive()
@@ -61,7 +62,7 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 				l.Log.Warn("session processes survive SIGKILL", "pids", pids)
 				return
 			}
-			signalAll(pids, unix.SIGKILL)
+			ps.signal(pids, unix.SIGKILL)
 		}
 	}
 }
@@ -69,10 +70,65 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 // fullScanEvery is how often the kill loop walks all of /proc.
 const fullScanEvery = 250 * time.Millisecond
 
-func signalAll(pids []int, sig unix.Signal) {
-	for _, pid := range pids {
-		_ = unix.Kill(pid, sig)
+// signal sends sig to each of pids the session knows, as the process it
+// knows: by the start time it recorded (see signalProc). A pid it no longer
+// knows (the process died and was forgotten since the scan) is skipped.
+func (s *sessionProcs) signal(pids []int, sig unix.Signal) {
+	starts := make([]uint64, len(pids))
+	s.mu.Lock()
+	for i, pid := range pids {
+		starts[i] = s.known[pid]
 	}
+	s.mu.Unlock()
+	for i, pid := range pids {
+		if starts[i] != 0 {
+			_ = signalProc(pid, starts[i], sig)
+		}
+	}
+}
+
+// errNotOurs is signalProc's answer for a pid that now names another
+// process than the one it was asked to signal, or none.
+var errNotOurs = errors.New("not the process it was: it exited, and its pid may have been reused")
+
+// signalProc sends sig to pid only if pid is still the process that
+// started at start. Between the /proc walk that found a session's process
+// and the signal, that process may exit and its pid go to another process
+// (any of the host's: the server runs as root), which kill(2) would hit.
+// So the signal goes through a pidfd, bound to the process that had the
+// pid when it was opened, whatever happens to the pid later. A start time
+// read after the pidfd was opened matches start only if that process is
+// the one we know (were it gone, /proc would show the pid's next owner, or
+// nothing). Without pidfds (Linux before 5.3) it checks the start time and
+// uses kill(2), which leaves a short window between the two.
+func signalProc(pid int, start uint64, sig unix.Signal) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ENOSYS) {
+		return killChecked(pid, start, sig)
+	}
+	if err != nil {
+		return err // ESRCH: gone
+	}
+	defer unix.Close(fd)
+	if !startedAt(pid, start) {
+		return errNotOurs
+	}
+	return unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// killChecked is signalProc without pidfds: kill(2) after the same check.
+func killChecked(pid int, start uint64, sig unix.Signal) error {
+	if !startedAt(pid, start) {
+		return errNotOurs
+	}
+	return unix.Kill(pid, sig)
+}
+
+// startedAt reports whether pid names a live process that started at
+// start. startTime is 0 for a process gone or a zombie: never a match.
+func startedAt(pid int, start uint64) bool {
+	st := startTime(pid)
+	return st != 0 && st == start
 }
 
 // sessionProcs finds a session's processes: those whose environment holds
