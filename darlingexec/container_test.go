@@ -41,6 +41,9 @@ func overlayParts(t *testing.T, prefix, name string) (lower, bin string) {
 		}
 	}
 	bin = filepath.Join(dir, name)
+	if _, err := os.Stat(bin); err == nil {
+		return lower, bin // made for another process, which may be running it
+	}
 	sleep, err := exec.LookPath("sleep")
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -61,11 +62,45 @@ func newSessionID() (string, error) {
 // Start runs req through the launcher, after warming the prefix if its
 // container is not running, so that a session is never handed a cold
 // start. stdin, stdout and stderr are separate pipes, or one terminal when
-// req.PTY is set.
+// req.PTY is set. If the container stops while the session starts (see
+// launch), the session is started once more, after a warm-up.
 func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
-	id, err := newSessionID()
+	s, err := l.prepare(req)
 	if err != nil {
 		return nil, err
+	}
+	p, err := l.launch(ctx, s)
+	if !errors.Is(err, errContainerStopped) {
+		return p, err
+	}
+	l.Log.Warn("the prefix's container stopped while a session started; its launcher was ended, starting the session again",
+		"prefix", l.Prefix, "err", err)
+	// A new marker: nothing the first launcher left can pass for the
+	// second one's.
+	if s, err = l.prepare(req); err != nil {
+		return nil, err
+	}
+	p, err = l.launch(ctx, s)
+	if errors.Is(err, errContainerStopped) {
+		err = fmt.Errorf("%w (twice; the session was not started)", err)
+	}
+	return p, err
+}
+
+// session is a launcher's run prepared for a request: its marker and its
+// argv and environment.
+type session struct {
+	req        Request
+	id, marker string
+	args, env  []string
+}
+
+// prepare gives req a session marker of its own and builds the launcher's
+// argv and environment, checked to fit Darling's messages.
+func (l *Launcher) prepare(req Request) (session, error) {
+	id, err := newSessionID()
+	if err != nil {
+		return session{}, err
 	}
 	// A terminal is for a person: no marker is printed on it. Without
 	// one, commands and shells alike start after the marker.
@@ -73,20 +108,66 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	if req.PTY == nil {
 		marker = "\x1edarling-sshd:" + id + "\x1e"
 	}
-	args := l.Args(req, marker)
-	env := l.Env(req, id)
-	if err := Check(args, env); err != nil {
-		return nil, err
-	}
-	if err := l.EnsureWarm(ctx); err != nil {
-		return nil, err
-	}
+	s := session{req: req, id: id, marker: marker, args: l.Args(req, marker), env: l.Env(req, id)}
+	return s, Check(s.args, s.env)
+}
 
-	cmd := exec.Command(l.Path, args...)
+// errContainerStopped is launch's error when the container it found
+// stopped before the launcher could use it.
+var errContainerStopped = errors.New("the prefix's container stopped while the session started")
+
+// launch warms the prefix unless its container runs, starts the launcher,
+// and checks again that the container it found is the one running. If
+// that container died in between, Darling's launcher, which looks for the
+// container itself after it started, cold-starts a new one, handing it the
+// session's stdout and stderr to keep for as long as it runs (Darling
+// #1510): the session's output would never end, and the container's own
+// output could reach it. Such a launcher is ended at once with all it
+// started, and launch reports errContainerStopped. The warm-up lock is
+// held from the check to the re-check, so that no warm-up of ours replaces
+// the container in between. The re-check comes once the launcher has
+// been exec'd; the launcher reads .init.pid a little later, so a container
+// that dies within that short time still escapes it.
+func (l *Launcher) launch(ctx context.Context, s session) (*Process, error) {
+	l.warmMu.Lock()
+	c, err := l.ensureWarmLocked(ctx)
+	var p *Process
+	if err == nil {
+		p, err = l.startLauncher(s)
+	}
+	kept := err == nil && l.stillRunning(c)
+	l.warmMu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if !kept {
+		p.discard(ctx)
+		return nil, fmt.Errorf("%w: darlingserver %d of %s is gone", errContainerStopped, c.pid, l.Prefix)
+	}
+	return p, nil
+}
+
+// stillRunning reports whether c, the container found before a launcher
+// started, is still the prefix's running container: the same process
+// (pid and start time), not one started since. The zero container (none
+// could be verified: every session then warms the prefix first) is not
+// checked.
+func (l *Launcher) stillRunning(c container) bool {
+	if c.pid == 0 {
+		return true
+	}
+	now := l.verified()
+	return now.pid == c.pid && now.start == c.start
+}
+
+// startLauncher starts the launcher for a session prepared by Start.
+func (l *Launcher) startLauncher(s session) (*Process, error) {
+	cmd := exec.Command(l.Path, s.args...)
 	cmd.Dir = "/"
 	var sio *stdio
-	if req.PTY != nil {
-		sio, err = newPTY(cmd, req.PTY)
+	var err error
+	if s.req.PTY != nil {
+		sio, err = newPTY(cmd, s.req.PTY)
 	} else {
 		sio, err = newPipes(cmd)
 	}
@@ -98,7 +179,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		sio.closeAll()
 		return nil, err
 	}
-	cmd.Env = append(env, sio.env...)
+	cmd.Env = append(s.env[:len(s.env):len(s.env)], sio.env...)
 	if err := cmd.Start(); err != nil {
 		sio.closeAll()
 		return nil, fmt.Errorf("start launcher %s: %w", l.Path, err)
@@ -111,18 +192,44 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 		Stderr: &Output{f: sio.stderr, bufs: &l.bufs},
 		cmd:    cmd,
 		pty:    sio.pty,
-		procs:  newSessionProcs(id, startTime(cmd.Process.Pid), l.containerPid()),
+		procs:  newSessionProcs(s.id, startTime(cmd.Process.Pid), l.containerPid()),
 		l:      l,
 		done:   make(chan struct{}),
 	}
 	p.outFiles = sio.parent
-	if marker != "" {
-		p.Stdout.head = &markerReader{r: sio.stdout, marker: []byte(marker), log: l.Log, bufs: &l.bufs}
+	if s.marker != "" {
+		p.Stdout.head = &markerReader{r: sio.stdout, marker: []byte(s.marker), log: l.Log, bufs: &l.bufs}
 	}
 	l.tracker.add(p.procs)
 	go p.wait()
 	return p, nil
 }
+
+// discard ends a session that must not go on, before anyone used it: its
+// launcher and all the session's processes are killed at once (no grace:
+// nobody saw the session), our ends of its stdio are closed, and it
+// returns once the launcher is reaped (bounded by discardWait) or ctx is
+// done.
+func (p *Process) discard(ctx context.Context) {
+	p.endOnce.Do(func() {
+		p.ended.Store(true)
+		p.Stdin.Close()
+		p.l.killSession(ctx, p.procs, 0)
+	})
+	p.CloseOutput()
+	t := time.NewTimer(discardWait)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// discardWait bounds how long discard waits for the launcher to be
+// reaped once the session's processes are gone: a launcher the server may
+// not kill (setuid root, a server not run as root) is left to its wait.
+const discardWait = 2 * time.Second
 
 func (p *Process) wait() {
 	awaitExit(p.cmd.Process.Pid)

@@ -36,14 +36,25 @@ func processAlive(pid int) bool {
 func (l *Launcher) EnsureWarm(ctx context.Context) error {
 	l.warmMu.Lock()
 	defer l.warmMu.Unlock()
-	if pid := l.containerPid(); pid != 0 {
-		l.repairInitPid(pid)
-		return nil
+	_, err := l.ensureWarmLocked(ctx)
+	return err
+}
+
+// ensureWarmLocked is EnsureWarm with warmMu held. It returns the
+// container found running or started, or the zero container if none could
+// be verified.
+func (l *Launcher) ensureWarmLocked(ctx context.Context) (container, error) {
+	if c := l.verified(); c.pid != 0 {
+		l.repairInitPid(c.pid)
+		return c, nil
 	}
 	if l.warmErr != nil && time.Since(l.warmFailed) < warmRetryAfter {
-		return l.warmErr
+		return container{}, l.warmErr
 	}
-	return l.warmLocked(ctx)
+	if err := l.warmLocked(ctx); err != nil {
+		return container{}, err
+	}
+	return l.verified(), nil
 }
 
 // warmRetryAfter is how long a failed warm-up answers for the next ones.
