@@ -159,11 +159,11 @@ var (
 	workingDir string
 )
 
+// launcher is upstream's main: every step in upstream's order, so that
+// what an invocation does before failing (create the prefix, start the
+// container) is what upstream's does.
 func launcher(argv []string) int {
-	if os.Getenv(wrapperEnv) == "1" && len(argv) >= 3 && argv[1] == "--prefix" {
-		os.Setenv("DPREFIX", argv[2])
-		argv = append([]string{argv[0]}, argv[3:]...)
-	}
+	argv = wrapperArgs(argv)
 	if len(argv) <= 1 {
 		showHelp(argv[0])
 		return 1
@@ -173,25 +173,9 @@ func launcher(argv []string) int {
 		return 1
 	}
 	origUID, origGID = os.Getuid(), os.Getgid()
-
-	p, ok := os.LookupEnv("DPREFIX")
-	if !ok {
-		home, ok := os.LookupEnv("HOME")
-		if !ok {
-			fmt.Fprintln(os.Stderr, "Cannot detect your home directory!")
-			return 1
-		}
-		p = home + "/.darling"
-	}
-	prefix = p
-	if len(prefix) > 255 {
-		fmt.Fprintln(os.Stderr, "Prefix path too long")
+	if !setPrefix() {
 		return 1
 	}
-	os.Unsetenv("DPREFIX")
-	workingDir, _ = os.Getwd()
-	absPrefix, _ = filepath.Abs(prefix)
-
 	if !checkPrefixDir() {
 		setupPrefix()
 		fixPerms = true
@@ -201,50 +185,111 @@ func launcher(argv []string) int {
 	getoptLong(argv)
 
 	pidInit := getInitProcess()
-
 	if argv[1] == "shutdown" {
-		if pidInit == 0 {
-			fmt.Fprintln(os.Stderr, "Darling container is not running")
-			return 1
-		}
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pidInit, pidInit))
-		launchd, ok := scanInt(string(b))
-		if err != nil || !ok {
-			fmt.Fprintln(os.Stderr, "Failed to shutdown Darling container")
-			return 1
-		}
-		unix.Kill(launchd, unix.SIGKILL)
-		unix.Kill(pidInit, unix.SIGKILL)
-		return 0
+		return shutdown(pidInit)
 	}
-
 	if pidInit == 0 {
-		sock := prefix + sockPath
-		unix.Unlink(sock)
-		setupWorkdir()
-		pidInit = spawnInitProcess()
-		putInitPid(pidInit)
-		// Wait until shellspawn starts
-		for i := 0; i < 15; i++ {
-			if unix.Access(sock, unix.F_OK) == nil {
-				break
-			}
-			time.Sleep(time.Second)
-		}
+		pidInit = coldStart()
 	}
+	joinContainer(pidInit)
 
-	// Upstream joins the container's mount namespace here (setns); a Go
-	// process cannot, so connectToShellspawn goes through /proc/<pid>/root.
+	if origUID != 0 {
+		syscall.Seteuid(origUID)
+	}
+	return runCommand(pidInit, argv)
+}
+
+// wrapperArgs is what a wrapper script around upstream's launcher does in
+// wrapper mode: a leading `--prefix P` becomes DPREFIX=P and is dropped.
+// Without wrapper mode argv is upstream's, unchanged.
+func wrapperArgs(argv []string) []string {
+	if os.Getenv(wrapperEnv) == "1" && len(argv) >= 3 && argv[1] == "--prefix" {
+		os.Setenv("DPREFIX", argv[2])
+		argv = append([]string{argv[0]}, argv[3:]...)
+	}
+	return argv
+}
+
+// setPrefix sets prefix (from DPREFIX, else $HOME/.darling), absPrefix and
+// workingDir, and removes DPREFIX from the environment: upstream's command
+// never sees it. It prints why and reports false when there is no usable
+// prefix.
+func setPrefix() bool {
+	p, ok := os.LookupEnv("DPREFIX")
+	if !ok {
+		home, ok := os.LookupEnv("HOME")
+		if !ok {
+			fmt.Fprintln(os.Stderr, "Cannot detect your home directory!")
+			return false
+		}
+		p = home + "/.darling"
+	}
+	prefix = p
+	if len(prefix) > 255 {
+		fmt.Fprintln(os.Stderr, "Prefix path too long")
+		return false
+	}
+	os.Unsetenv("DPREFIX")
+	workingDir, _ = os.Getwd()
+	absPrefix, _ = filepath.Abs(prefix)
+	return true
+}
+
+// shutdown is `darling shutdown`: SIGKILL launchd and darlingserver,
+// without waiting for them; exit 1 when there is no container.
+func shutdown(pidInit int) int {
+	if pidInit == 0 {
+		fmt.Fprintln(os.Stderr, "Darling container is not running")
+		return 1
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pidInit, pidInit))
+	launchd, ok := scanInt(string(b))
+	if err != nil || !ok {
+		fmt.Fprintln(os.Stderr, "Failed to shutdown Darling container")
+		return 1
+	}
+	unix.Kill(launchd, unix.SIGKILL)
+	unix.Kill(pidInit, unix.SIGKILL)
+	return 0
+}
+
+// coldStart starts the container, records its pid in .init.pid and waits
+// for the shellspawn socket as upstream does: polling once a second, up to
+// 15 s, and going on even if it never appears. It returns darlingserver's
+// pid.
+func coldStart() int {
+	sock := prefix + sockPath
+	unix.Unlink(sock)
+	setupWorkdir()
+	pidInit := spawnInitProcess()
+	putInitPid(pidInit)
+	// Wait until shellspawn starts
+	for i := 0; i < 15; i++ {
+		if unix.Access(sock, unix.F_OK) == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	return pidInit
+}
+
+// joinContainer stands in for upstream joining the container's mount
+// namespace (setns): a Go process cannot, so connectToShellspawn goes
+// through /proc/<pid>/root instead; only upstream's failure to open the
+// namespace is kept.
+func joinContainer(pidInit int) {
 	if fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/mnt", pidInit), unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 		die("Cannot open mnt namespace file: %s", strerror(err))
 	} else {
 		unix.Close(fd)
 	}
+}
 
-	if origUID != 0 {
-		syscall.Seteuid(origUID)
-	}
-
+// runCommand runs argv[1:] in the container: `shell [ARGS…]`, `exec PATH
+// [ARGS…]` or `PATH [ARGS…]`, PATH resolved on the host and reached
+// through /Volumes/SystemRoot. The spawns do not return; the exit code is
+// for a command that could not be run.
+func runCommand(pidInit int, argv []string) int {
 	if argv[1] == "shell" {
 		if len(argv) > 2 {
 			spawnShell(pidInit, argv[2:])
