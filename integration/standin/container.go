@@ -54,10 +54,35 @@ func darlingserverMain(argv []string) int {
 	if err != nil {
 		die("darlingserver: %v", err)
 	}
-	lower := filepath.Join(install, "libexec", "darling")
 
 	setupUserHome(prefix, uid, gid)
+	mountOverlay(prefix, filepath.Join(install, "libexec", "darling"))
+	if fix && (uid != 0 || gid != 0) {
+		chownPrefix(prefix, uid, gid)
+	}
+	asIDs(uid, gid, func() {
+		for _, d := range []string{"/var/tmp", "/var/run"} {
+			wipeDir(prefix + d)
+		}
+	})
 
+	ready := os.NewFile(uintptr(pipefd), "ready")
+	ready.Write([]byte("."))
+	ready.Close()
+
+	p := startLaunchd(install, prefix, uid, gid)
+	dropPrivileges(uid, gid)
+	p.Wait()
+	for {
+		time.Sleep(time.Hour) // a server without launchd: still "running"
+	}
+}
+
+// mountOverlay is darlingserver's mount setup in its new mount namespace:
+// / a slave of the host's, a fresh tmpfs on /dev/shm, and the overlay at
+// prefix with lower as its lower layer and the prefix folder as its upper.
+// index=off is dropped on kernels that do not know it.
+func mountOverlay(prefix, lower string) {
 	// Upstream makes / a slave after replacing /dev/shm; first is safer.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
 		die("Cannot remount / as slave: %s", strerror(err))
@@ -76,35 +101,33 @@ func darlingserverMain(argv []string) int {
 			die("Cannot mount overlay: %s", strerror(err))
 		}
 	}
+}
 
-	if fix && (uid != 0 || gid != 0) {
-		for _, p := range []string{"", "/private/etc/passwd", "/private/etc/master.passwd", "/private/etc/group"} {
-			filepath.Walk(prefix+p, func(path string, fi os.FileInfo, err error) error {
-				if err == nil {
-					os.Lchown(path, uid, gid)
-				}
-				return nil
-			})
-		}
+// chownPrefix is darlingserver's fix_permissions, for a prefix the
+// launcher has just set up: it gives the caller the prefix and its passwd,
+// master.passwd and group files, walking each.
+func chownPrefix(prefix string, uid, gid int) {
+	for _, p := range []string{"", "/private/etc/passwd", "/private/etc/master.passwd", "/private/etc/group"} {
+		filepath.Walk(prefix+p, func(path string, fi os.FileInfo, err error) error {
+			if err == nil {
+				os.Lchown(path, uid, gid)
+			}
+			return nil
+		})
 	}
+}
 
-	asIDs(uid, gid, func() {
-		for _, d := range []string{"/var/tmp", "/var/run"} {
-			wipeDir(prefix + d)
-		}
-	})
-
-	ready := os.NewFile(uintptr(pipefd), "ready")
-	ready.Write([]byte("."))
-	ready.Close()
-
-	// Forked from the main thread (see init), so that launchd is listed in
-	// /proc/<pid>/task/<pid>/children.
-	// launchd gets a mount namespace of its own (Darling's shares
-	// darlingserver's) only for what stands in for vchroot: the host's /
-	// at /Volumes/SystemRoot and /dev. In Darling those are path mappings
-	// in userspace, not mounts, so the prefix as the kernel resolves it in
-	// darlingserver's namespace (as darling-sshd's SFTP does) has neither.
+// startLaunchd starts launchd as pid 1 of a new PID namespace, with
+// darlingserver's stdio.
+//
+// It is forked from the main thread (see init), so that launchd is listed
+// in /proc/<pid>/task/<pid>/children.
+// launchd gets a mount namespace of its own (Darling's shares
+// darlingserver's) only for what stands in for vchroot: the host's / at
+// /Volumes/SystemRoot and /dev. In Darling those are path mappings in
+// userspace, not mounts, so the prefix as the kernel resolves it in
+// darlingserver's namespace (as darling-sshd's SFTP does) has neither.
+func startLaunchd(install, prefix string, uid, gid int) *os.Process {
 	p, err := os.StartProcess(filepath.Join(install, "bin", "launchd"),
 		[]string{"launchd", prefix, strconv.Itoa(uid), strconv.Itoa(gid)},
 		&os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
@@ -112,11 +135,7 @@ func darlingserverMain(argv []string) int {
 	if err != nil {
 		die("Failed to fork to start launchd: %s", strerror(err))
 	}
-	dropPrivileges(uid, gid)
-	p.Wait()
-	for {
-		time.Sleep(time.Hour) // a server without launchd: still "running"
-	}
+	return p
 }
 
 // asIDs runs f with effective uid and gid (darlingserver's
@@ -186,19 +205,7 @@ func launchdMain(argv []string) int {
 	prefix := argv[1]
 	uid, _ := strconv.Atoi(argv[2])
 	gid, _ := strconv.Atoi(argv[3])
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
-		die("launchd: cannot make / a slave: %s", strerror(err))
-	}
-	// What Darling's vchroot and its /dev handling give: the host's / at
-	// /Volumes/SystemRoot (read-write, as the user) and the host's /dev.
-	for _, m := range [][2]string{{"/", systemRoot}, {"/dev", "/dev"}} {
-		if err := unix.Mount(m[0], prefix+m[1], "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			die("Cannot mount %s: %s", m[1], strerror(err))
-		}
-	}
-	if err := unix.Mount("proc", prefix+"/proc", "proc", 0, ""); err != nil {
-		die("Cannot mount procfs: %s", strerror(err))
-	}
+	mountVchroot(prefix)
 	install, err := installDir()
 	if err != nil {
 		die("launchd: %v", err)
@@ -216,6 +223,34 @@ func launchdMain(argv []string) int {
 		os.Stdout.WriteString("Bootstrapping the container with launchd...\n")
 	}
 
+	reapChildren()
+	l := listenShellspawn()
+	for {
+		serveShellspawn(l, spawner)
+	}
+}
+
+// mountVchroot mounts in launchd's mount namespace what Darling's vchroot
+// and its /dev handling give: the host's / at /Volumes/SystemRoot
+// (read-write, as the user) and the host's /dev; and the new PID
+// namespace's /proc at P/proc.
+func mountVchroot(prefix string) {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		die("launchd: cannot make / a slave: %s", strerror(err))
+	}
+	for _, m := range [][2]string{{"/", systemRoot}, {"/dev", "/dev"}} {
+		if err := unix.Mount(m[0], prefix+m[1], "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			die("Cannot mount %s: %s", m[1], strerror(err))
+		}
+	}
+	if err := unix.Mount("proc", prefix+"/proc", "proc", 0, ""); err != nil {
+		die("Cannot mount procfs: %s", strerror(err))
+	}
+}
+
+// reapChildren reaps, on every SIGCHLD, whatever has exited: as pid 1,
+// launchd inherits the namespace's orphans.
+func reapChildren() {
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, syscall.SIGCHLD)
 	go func() {
@@ -228,7 +263,11 @@ func launchdMain(argv []string) int {
 			}
 		}
 	}()
+}
 
+// listenShellspawn listens on shellspawn's socket, in place of an old one;
+// only the caller may connect.
+func listenShellspawn() *net.UnixListener {
 	unix.Unlink(sockPath)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sockPath, Net: "unix"})
 	if err != nil {
@@ -236,23 +275,28 @@ func launchdMain(argv []string) int {
 	}
 	l.SetUnlinkOnClose(false)
 	os.Chmod(sockPath, 0o600)
-	for {
-		c, err := l.AcceptUnix()
-		if err != nil {
-			continue
-		}
-		f, err := c.File()
-		c.Close()
-		if err != nil {
-			continue
-		}
-		syscall.ForkExec(spawner, []string{"shellspawn"}, &syscall.ProcAttr{
-			Dir:   "/",
-			Env:   []string{},
-			Files: []uintptr{0, 1, 2, f.Fd()},
-		})
-		f.Close()
+	return l
+}
+
+// serveShellspawn accepts one launcher's connection and hands it, as fd 3,
+// to a shellspawn child of its own (shellspawnMain). A connection that
+// fails is dropped.
+func serveShellspawn(l *net.UnixListener, spawner string) {
+	c, err := l.AcceptUnix()
+	if err != nil {
+		return
 	}
+	f, err := c.File()
+	c.Close()
+	if err != nil {
+		return
+	}
+	syscall.ForkExec(spawner, []string{"shellspawn"}, &syscall.ProcAttr{
+		Dir:   "/",
+		Env:   []string{},
+		Files: []uintptr{0, 1, 2, f.Fd()},
+	})
+	f.Close()
 }
 
 // shellspawnMain is shellspawn's per-connection child (fd 3 is the
@@ -264,138 +308,16 @@ func launchdMain(argv []string) int {
 func shellspawnMain() int {
 	const fd = 3
 	unix.CloseOnExec(fd)
-	argv := []string{"/bin/bash", "--login"}
-	execPath := ""
-	var env []string
-	var shellfd []int
-	putenv := func(kv string) {
-		name, _, hasEq := strings.Cut(kv, "=")
-		for i, e := range env {
-			if n, _, _ := strings.Cut(e, "="); n == name {
-				if hasEq {
-					env[i] = kv
-				} else {
-					env = append(env[:i], env[i+1:]...)
-				}
-				return
-			}
-		}
-		if hasEq {
-			env = append(env, kv)
-		}
+	req, ok := readSpawnRequest(fd)
+	if !ok {
+		return 1
 	}
-	oob := make([]byte, 3*unix.CmsgSpace(4))
-	for shellfd == nil {
-		var hdr [4]byte
-		n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, 0)
-		if err != nil || n != 4 {
-			return 1
-		}
-		cmd := binary.NativeEndian.Uint16(hdr[0:])
-		length := int(binary.NativeEndian.Uint16(hdr[2:]))
-		var param []byte
-		if length != 0 {
-			param = make([]byte, length)
-			for got := 0; got < length; {
-				m, err := unix.Read(fd, param[got:])
-				if err == unix.EINTR {
-					continue
-				}
-				if err != nil || m <= 0 {
-					return 1
-				}
-				got += m
-			}
-		}
-		str := string(param)
-		if i := strings.IndexByte(str, 0); i >= 0 {
-			str = str[:i]
-		}
-		switch cmd {
-		case cmdAddArg:
-			if param != nil {
-				argv = append(argv, str)
-			}
-		case cmdSetEnv:
-			if param != nil {
-				putenv(str)
-			}
-		case cmdChdir:
-			if param != nil {
-				unix.Chdir(str)
-			}
-		case cmdGo:
-			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-			if err != nil || len(msgs) == 0 || msgs[0].Header.Level != unix.SOL_SOCKET ||
-				msgs[0].Header.Type != unix.SCM_RIGHTS || msgs[0].Header.Len != uint64(unix.CmsgLen(3*4)) {
-				return 1
-			}
-			fds, err := unix.ParseUnixRights(&msgs[0])
-			if err != nil || len(fds) != 3 {
-				return 1
-			}
-			shellfd = fds
-		case cmdSetUIDGID:
-			// Darling's uids are virtual; the stand-in's command runs as
-			// the caller's real uid already.
-		case cmdSetExec:
-			argv = argv[:0]
-			execPath = str
-		}
-	}
-
-	unix.Setsid()
-	for i, f := range shellfd {
-		unix.Dup2(f, i)
-	}
-	unix.IoctlSetInt(0, unix.TIOCSCTTY, 0)
-	if execPath == "" {
-		execPath = "/bin/bash"
-	}
-	pid, err := syscall.ForkExec(execPath, argv, &syscall.ProcAttr{Env: env, Files: []uintptr{0, 1, 2}})
+	pid, err := req.start()
 	if err != nil {
 		return 1
 	}
-
-	kill := make(chan struct{})
-	go func() {
-		defer close(kill)
-		for {
-			var hdr [4]byte
-			if n, err := readFull(fd, hdr[:]); err != nil || n != 4 {
-				return // the launcher is gone
-			}
-			if binary.NativeEndian.Uint16(hdr[0:]) != cmdSignal || binary.NativeEndian.Uint16(hdr[2:]) != 4 {
-				unix.Kill(pid, unix.SIGKILL) // upstream's "goto err": no status
-				os.Exit(1)
-			}
-			var b [4]byte
-			if n, err := readFull(fd, b[:]); err != nil || n != 4 {
-				unix.Kill(pid, unix.SIGKILL)
-				os.Exit(1)
-			}
-			sig := unix.Signal(int32(binary.NativeEndian.Uint32(b[:])))
-			if sig == 16 || sig == 30 || sig <= 0 || sig >= 32 {
-				continue // SIGSTKFLT, SIGPWR: no Darwin counterpart
-			}
-			if fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
-				unix.Kill(fg, sig)
-			} else {
-				unix.Kill(-pid, sig) // the command leads no group: ESRCH
-			}
-		}
-	}()
-	exited := make(chan syscall.WaitStatus, 1)
-	go func() {
-		var ws syscall.WaitStatus
-		for {
-			_, err := syscall.Wait4(pid, &ws, 0, nil)
-			if err != syscall.EINTR {
-				break
-			}
-		}
-		exited <- ws
-	}()
+	kill := deliverSignals(fd, pid)
+	exited := waitExit(pid)
 	var ws syscall.WaitStatus
 	select {
 	case ws = <-exited:
@@ -407,6 +329,196 @@ func shellspawnMain() int {
 	binary.NativeEndian.PutUint32(st[:], (uint32(ws)>>8)&0xff) // WEXITSTATUS
 	unix.Write(fd, st[:])
 	return 0
+}
+
+// spawnRequest is what the launcher's commands up to GO set up.
+type spawnRequest struct {
+	argv     []string
+	execPath string // "" for /bin/bash
+	env      []string
+	fds      []int // the launcher's stdin, stdout and stderr, passed with GO
+}
+
+// readSpawnRequest reads the launcher's commands up to GO. It reports false
+// when the connection fails or a command is malformed.
+func readSpawnRequest(fd int) (*spawnRequest, bool) {
+	r := &spawnRequest{argv: []string{"/bin/bash", "--login"}}
+	oob := make([]byte, 3*unix.CmsgSpace(4))
+	for r.fds == nil {
+		cmd, param, oobn, ok := readSpawnCommand(fd, oob)
+		if !ok || !r.apply(cmd, param, oob[:oobn]) {
+			return nil, false
+		}
+	}
+	return r, true
+}
+
+// readSpawnCommand reads one command: its header by recvmsg (so that GO's
+// file descriptors land in oob), then its data. param is nil when the
+// command has no data.
+func readSpawnCommand(fd int, oob []byte) (cmd uint16, param []byte, oobn int, ok bool) {
+	var hdr [4]byte
+	n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, 0)
+	if err != nil || n != 4 {
+		return 0, nil, 0, false
+	}
+	cmd = binary.NativeEndian.Uint16(hdr[0:])
+	length := int(binary.NativeEndian.Uint16(hdr[2:]))
+	if length == 0 {
+		return cmd, nil, oobn, true
+	}
+	param = make([]byte, length)
+	if got, err := readFull(fd, param); err != nil || got != length {
+		return 0, nil, 0, false
+	}
+	return cmd, param, oobn, true
+}
+
+// apply records one command; a string parameter ends at its first NUL.
+// oob is the control data that came with the command. It reports false
+// when GO does not carry exactly three file descriptors.
+func (r *spawnRequest) apply(cmd uint16, param, oob []byte) bool {
+	str := string(param)
+	if i := strings.IndexByte(str, 0); i >= 0 {
+		str = str[:i]
+	}
+	switch cmd {
+	case cmdAddArg:
+		if param != nil {
+			r.argv = append(r.argv, str)
+		}
+	case cmdSetEnv:
+		if param != nil {
+			r.putenv(str)
+		}
+	case cmdChdir:
+		if param != nil {
+			unix.Chdir(str)
+		}
+	case cmdGo:
+		fds, ok := passedFds(oob)
+		if !ok {
+			return false
+		}
+		r.fds = fds
+	case cmdSetUIDGID:
+		// Darling's uids are virtual; the stand-in's command runs as
+		// the caller's real uid already.
+	case cmdSetExec:
+		r.argv = r.argv[:0]
+		r.execPath = str
+	}
+	return true
+}
+
+// putenv is putenv(3) on the command's environment: NAME=value sets,
+// NAME alone unsets.
+func (r *spawnRequest) putenv(kv string) {
+	name, _, hasEq := strings.Cut(kv, "=")
+	for i, e := range r.env {
+		if n, _, _ := strings.Cut(e, "="); n == name {
+			if hasEq {
+				r.env[i] = kv
+			} else {
+				r.env = append(r.env[:i], r.env[i+1:]...)
+			}
+			return
+		}
+	}
+	if hasEq {
+		r.env = append(r.env, kv)
+	}
+}
+
+// passedFds returns the three file descriptors of GO's SCM_RIGHTS message,
+// or false if oob holds anything else.
+func passedFds(oob []byte) ([]int, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil || len(msgs) == 0 || msgs[0].Header.Level != unix.SOL_SOCKET ||
+		msgs[0].Header.Type != unix.SCM_RIGHTS || msgs[0].Header.Len != uint64(unix.CmsgLen(3*4)) {
+		return nil, false
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 3 {
+		return nil, false
+	}
+	return fds, true
+}
+
+// start makes this process a session leader with the passed stdin as its
+// controlling terminal (if it is one), then forks the command on the
+// passed stdio. The command is not a session or process-group leader.
+func (r *spawnRequest) start() (int, error) {
+	unix.Setsid()
+	for i, f := range r.fds {
+		unix.Dup2(f, i)
+	}
+	unix.IoctlSetInt(0, unix.TIOCSCTTY, 0)
+	execPath := r.execPath
+	if execPath == "" {
+		execPath = "/bin/bash"
+	}
+	return syscall.ForkExec(execPath, r.argv, &syscall.ProcAttr{Env: r.env, Files: []uintptr{0, 1, 2}})
+}
+
+// deliverSignals passes the launcher's SIGNAL commands on to the command
+// until the launcher goes away, and then closes the channel it returns.
+func deliverSignals(fd, pid int) <-chan struct{} {
+	kill := make(chan struct{})
+	go func() {
+		defer close(kill)
+		for deliverSignal(fd, pid) {
+		}
+	}()
+	return kill
+}
+
+// deliverSignal reads one command, which after GO can only be SIGNAL, and
+// sends its signal to the terminal's foreground process group leader, or
+// else to the command's process group. It reports false once the launcher
+// is gone. Anything but SIGNAL ends shellspawn without a status (upstream's
+// "goto err"), after SIGKILLing the command.
+func deliverSignal(fd, pid int) bool {
+	var hdr [4]byte
+	if n, err := readFull(fd, hdr[:]); err != nil || n != 4 {
+		return false // the launcher is gone
+	}
+	if binary.NativeEndian.Uint16(hdr[0:]) != cmdSignal || binary.NativeEndian.Uint16(hdr[2:]) != 4 {
+		unix.Kill(pid, unix.SIGKILL) // upstream's "goto err": no status
+		os.Exit(1)
+	}
+	var b [4]byte
+	if n, err := readFull(fd, b[:]); err != nil || n != 4 {
+		unix.Kill(pid, unix.SIGKILL)
+		os.Exit(1)
+	}
+	sig := unix.Signal(int32(binary.NativeEndian.Uint32(b[:])))
+	if sig == 16 || sig == 30 || sig <= 0 || sig >= 32 {
+		return true // SIGSTKFLT, SIGPWR: no Darwin counterpart
+	}
+	if fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP); err == nil {
+		unix.Kill(fg, sig)
+	} else {
+		unix.Kill(-pid, sig) // the command leads no group: ESRCH
+	}
+	return true
+}
+
+// waitExit waits for the command and sends its wait status on the
+// channel it returns.
+func waitExit(pid int) <-chan syscall.WaitStatus {
+	exited := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		for {
+			_, err := syscall.Wait4(pid, &ws, 0, nil)
+			if err != syscall.EINTR {
+				break
+			}
+		}
+		exited <- ws
+	}()
+	return exited
 }
 
 func readFull(fd int, b []byte) (int, error) {
