@@ -63,12 +63,41 @@ func copyExecutable(src, dst string) error {
 	return os.WriteFile(dst, b, 0o755)
 }
 
+// buildInstall fills tmp, the install folder being built, with the
+// launcher's copy exeBase (next to tmp) and the system root.
 func buildInstall(tmp, exeBase string) error {
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
 	root := filepath.Join(tmp, "libexec", "darling")
-	var dirs = []struct {
+	if err := makeInstallDirs(tmp); err != nil {
+		return err
+	}
+	if err := installBinaries(tmp, exeBase); err != nil {
+		return err
+	}
+	links, err := systemRootLinks()
+	if err != nil {
+		return err
+	}
+	for name, target := range links {
+		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
+			return err
+		}
+	}
+	if err := writeSystemFiles(root); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(root, "private/etc/profile")); err != nil {
+		return errors.New("system root: no profile")
+	}
+	return nil
+}
+
+// makeInstallDirs creates the install folder's directories, with their
+// modes set whatever the umask.
+func makeInstallDirs(tmp string) error {
+	dirs := []struct {
 		path string
 		mode os.FileMode
 	}{
@@ -93,8 +122,15 @@ func buildInstall(tmp, exeBase string) error {
 			return err
 		}
 	}
-	// Copies, not links to the launcher: like Darling's own installed
-	// binaries, a running container outlives the launcher being replaced.
+	return nil
+}
+
+// installBinaries puts bin/darlingserver, bin/launchd and bin/shellspawn
+// in tmp: one copy of the launcher exeBase, under three names.
+//
+// Copies, not links to the launcher: like Darling's own installed
+// binaries, a running container outlives the launcher being replaced.
+func installBinaries(tmp, exeBase string) error {
 	exe := filepath.Join(filepath.Dir(tmp), exeBase)
 	first := filepath.Join(tmp, "bin", "darlingserver")
 	if err := copyExecutable(exe, first); err != nil {
@@ -105,11 +141,18 @@ func buildInstall(tmp, exeBase string) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// systemRootLinks returns the system root's symbolic links, by name in
+// the root: macOS's /etc, /tmp and /var into /private, and the host's
+// programs and libraries through /Volumes/SystemRoot (every /usr entry but
+// local, and those of /bin, /sbin and /lib* that exist).
+func systemRootLinks() (map[string]string, error) {
 	links := map[string]string{"etc": "private/etc", "tmp": "private/tmp", "var": "private/var"}
-	// The host's programs and libraries, through /Volumes/SystemRoot.
 	ents, err := os.ReadDir("/usr")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, e := range ents {
 		if e.Name() != "local" {
@@ -121,24 +164,27 @@ func buildInstall(tmp, exeBase string) error {
 		if err != nil {
 			continue
 		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			target, err := os.Readlink("/" + d)
-			if err != nil {
-				return err
-			}
-			if strings.HasPrefix(target, "/") {
-				target = systemRoot + target
-			}
-			links[d] = target
-		} else {
+		if fi.Mode()&os.ModeSymlink == 0 {
 			links[d] = systemRoot + "/" + d
+			continue
 		}
-	}
-	for name, target := range links {
-		if err := os.Symlink(target, filepath.Join(root, name)); err != nil {
-			return err
+		// A link (merged /usr: bin -> usr/bin) stays a link; an absolute
+		// target is reached through /Volumes/SystemRoot.
+		target, err := os.Readlink("/" + d)
+		if err != nil {
+			return nil, err
 		}
+		if strings.HasPrefix(target, "/") {
+			target = systemRoot + target
+		}
+		links[d] = target
 	}
+	return links, nil
+}
+
+// writeSystemFiles writes the system root's passwd, group, shells and the
+// noisy /etc/profile.
+func writeSystemFiles(root string) error {
 	files := map[string]string{
 		"private/etc/passwd": "root:*:0:0:System Administrator:/var/root:/bin/sh\n" +
 			"nobody:*:-2:-2:Unprivileged User:/var/empty:/usr/bin/false\n" +
@@ -156,9 +202,6 @@ func buildInstall(tmp, exeBase string) error {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(body), 0o644); err != nil {
 			return err
 		}
-	}
-	if _, err := os.Stat(filepath.Join(root, "private/etc/profile")); err != nil {
-		return errors.New("system root: no profile")
 	}
 	return nil
 }
