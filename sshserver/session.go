@@ -293,7 +293,7 @@ func (se *session) maybeClose() {
 	se.enter(closing)
 	se.cmd.CloseOutput()
 	st, err := se.cmd.Wait()
-	sweep := func() { se.sweep() }
+	sweep := func() { se.sweep(false) }
 	switch {
 	case se.peerGone:
 		sweep()
@@ -309,21 +309,24 @@ func (se *session) maybeClose() {
 		sweep()
 	default:
 		se.log.Info("session ended", "status", st.Code)
-		if st.Code != 0 && !se.s.launcher.ContainerRunning() {
-			se.log.Warn("the prefix's container is gone; the next session warms it again", "prefix", se.s.opts.Prefix)
-		}
 		se.sendExitStatus(uint32(st.Code))
 		se.closeChannel()
-		sweep()
+		se.sweep(st.Code != 0)
 	}
 }
 
 // sweep ends what the command left behind (a daemon belongs to the
-// session too), then the session is closed.
-func (se *session) sweep() {
-	cmd := se.cmd
+// session too), then the session is closed. After a failure it says if
+// the container is gone (Darling's launcher exits 1 without a word when
+// it loses its container); by then a container that died has had the
+// sweep's time to leave /proc.
+func (se *session) sweep(failed bool) {
+	cmd, l := se.cmd, se.s.launcher
 	se.spawn(func() func() {
 		cmd.Sweep(context.Background())
+		if failed && !l.ContainerRunning() {
+			se.log.Warn("the prefix's container is gone; the next session warms it again", "prefix", se.s.opts.Prefix)
+		}
 		return func() { se.enter(closed) }
 	})
 }
