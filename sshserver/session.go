@@ -121,7 +121,7 @@ func (s *Server) handleSession(_ *gliderssh.Server, sc *gossh.ServerConn, nc gos
 	}
 	// The loop gets a goroutine of its own, and gliderlabs' ends: under
 	// gliderlabs' frames and this function's, an idle session's stack
-	// grew to 8 KiB and stayed there; on its own it stays at 4 KiB.
+	// would grow to twice the size and stay there.
 	go func() {
 		defer c.sessions.Add(-1)
 		se.run()

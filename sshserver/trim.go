@@ -13,9 +13,8 @@ const trimDelay = 5 * time.Second
 // idleTrim returns freed memory to the kernel once the server has been
 // without connections for a while. Transfers allocate little (received
 // packets and copy buffers come from pools), so no collection runs after
-// them, and a builder idle between builds kept their buffers for minutes:
-// 34 MB after make bench's workloads against 10 MB fresh, still 31 MB four
-// minutes later. One forced collection per idle spell costs milliseconds.
+// them, and a builder idle between builds would keep their buffers for
+// minutes. One forced collection per idle spell costs milliseconds.
 type idleTrim struct {
 	delay time.Duration
 	conns atomic.Int64

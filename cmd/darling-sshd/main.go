@@ -46,12 +46,11 @@ const (
 )
 
 // serveGCPercent is serve's garbage collection target unless GOGC is set.
-// Collections are cheap for this server: its live heap is a few MB, and
-// received packets and copy buffers come from pools, so a GiB moved
-// allocates 2 to 12 MB. A low target keeps garbage, and goroutine stacks
-// grown during a login (the runtime shrinks them only at a collection),
-// from sitting in memory: an idle session costs 82 KiB instead of 98, for
-// no server CPU that 200 logins or 1 GiB uploads could tell apart.
+// Collections are cheap for this server: its live heap is small, and
+// received packets and copy buffers come from pools, so transfers
+// allocate little. A low target keeps garbage, and goroutine stacks grown
+// during a login (the runtime shrinks them only at a collection), from
+// sitting in memory between sessions, at a CPU cost too small to measure.
 const serveGCPercent = 25
 
 func main() {
