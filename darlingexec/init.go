@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -150,39 +151,47 @@ else rm -f /nix 2>/dev/null; rmdir /nix 2>/dev/null; ln -s /Volumes/SystemRoot/n
 
 // run runs a command in the prefix with stdin and returns its stdout. A
 // command that fails is an error saying how, with what it wrote to stderr
-// (up to maxRunStderr bytes).
+// (up to maxRunStderr bytes). It returns only once the launcher has been
+// reaped, whatever happens: when ctx is done the command is ended; what
+// the command left behind is ended once it exited; and output that a
+// process outside the session still holds (a container the launcher
+// cold-started keeps it, Darling #1510) is given up drainAfterExit after
+// that, an error, rather than waited for for ever.
 func (l *Launcher) run(ctx context.Context, command, stdin string) (string, error) {
 	p, err := l.Start(ctx, Request{Command: command})
 	if err != nil {
 		return "", err
 	}
 	defer p.CloseOutput()
+	stop := context.AfterFunc(ctx, func() { p.End(ctx) })
+	defer stop()
 	go func() {
 		io.WriteString(p.Stdin, stdin)
 		p.Stdin.Close()
 	}()
-	errc := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(p.Stderr, maxRunStderr))
-		io.Copy(io.Discard, p.Stderr)
-		errc <- b
-	}()
-	out, rerr := io.ReadAll(p.Stdout)
+	outc, errc := readAsync(p.Stdout, -1), readAsync(p.Stderr, maxRunStderr)
 	st, werr := p.Wait()
-	// Ends what the command left behind, so that its stderr closes.
+	// Ends what the command left behind, so that its output closes.
 	p.Sweep(ctx)
-	stderr := strings.TrimSpace(strings.ToValidUTF8(string(<-errc), "?"))
+	held := time.AfterFunc(drainAfterExit, p.CloseOutput)
+	out, serr := <-outc, <-errc
+	held.Stop()
+	stderr := strings.TrimSpace(strings.ToValidUTF8(string(serr.b), "?"))
 	switch {
-	case rerr != nil:
-		return "", rerr
+	case ctx.Err() != nil:
+		return "", fmt.Errorf("the command was ended: %w", ctx.Err())
 	case werr != nil:
 		return "", werr
+	case errors.Is(out.err, os.ErrClosed):
+		return "", fmt.Errorf("its output stayed open %s after it exited (a process outside the session holds it)", drainAfterExit)
+	case out.err != nil:
+		return "", out.err
 	case st.Signal != "":
 		err = fmt.Errorf("the launcher died of SIG%s", st.Signal)
 	case st.Code != 0:
 		err = fmt.Errorf("exit status %d", st.Code)
 	default:
-		return string(out), nil
+		return string(out.b), nil
 	}
 	if stderr != "" {
 		err = fmt.Errorf("%w: %s", err, stderr)
@@ -192,3 +201,31 @@ func (l *Launcher) run(ctx context.Context, command, stdin string) (string, erro
 
 // maxRunStderr bounds what init reports of a failed command's stderr.
 const maxRunStderr = 4 << 10
+
+// drainAfterExit bounds how long run reads a command's output once the
+// command and all it left behind have ended.
+const drainAfterExit = 2 * time.Second
+
+// readResult is what readAsync read.
+type readResult struct {
+	b   []byte
+	err error
+}
+
+// readAsync reads r to its end in the background, keeping at most limit
+// bytes (all if limit < 0), and sends what it kept.
+func readAsync(r io.Reader, limit int64) <-chan readResult {
+	c := make(chan readResult, 1)
+	go func() {
+		lr := r
+		if limit >= 0 {
+			lr = io.LimitReader(r, limit)
+		}
+		b, err := io.ReadAll(lr)
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+		}
+		c <- readResult{b, err}
+	}()
+	return c
+}
