@@ -4,7 +4,6 @@ package integration
 
 import (
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -18,29 +17,14 @@ import (
 // concurrent sessions; the server's open files, goroutines and memory must
 // return to their starting level.
 func TestSoak(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pprofAddr := l.Addr().String()
-	l.Close()
+	pprofAddr := freeAddr(t)
 	s := startServer(t, serverOpt{args: []string{"--pprof", pprofAddr, "--log-level", "info"}})
 	pid := strconv.Itoa(s.cmd.Process.Pid)
 	fds := func() int {
 		ents, _ := os.ReadDir("/proc/" + pid + "/fd")
 		return len(ents)
 	}
-	goroutines := func() int {
-		resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/goroutine?debug=1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		first, _, _ := strings.Cut(string(b), "\n")
-		n, _ := strconv.Atoi(strings.TrimPrefix(first, "goroutine profile: total "))
-		return n
-	}
+	goroutines := func() int { return pprofGoroutines(t, pprofAddr) }
 	// heapKiB is the server's Go heap in use after a collection: RSS is
 	// no measure, as the runtime returns freed memory to the system
 	// lazily (and the race detector keeps shadow memory).
