@@ -187,37 +187,11 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if !ok {
 		return container{}, errors.New("not running")
 	}
-	comm, err := readProcFile(proc, "comm", 64)
-	if err != nil {
+	if err := checkDarlingserver(proc); err != nil {
 		return container{}, err
 	}
-	if name := strings.TrimSuffix(string(comm), "\n"); name != "darlingserver" {
-		return container{}, fmt.Errorf("it is %q, not darlingserver", name)
-	}
-	status, err := readProcFile(proc, "status", 16<<10)
-	if err != nil {
+	if err := checkOwnMountNamespace(proc); err != nil {
 		return container{}, err
-	}
-	if uid := statusField(status, "Uid:"); len(uid) == 0 || uid[0] != strconv.Itoa(os.Getuid()) {
-		return container{}, fmt.Errorf("it runs as uid %v, not as ours (%d)", uid, os.Getuid())
-	}
-	var theirs, ours unix.Stat_t
-	if err := unix.Fstatat(proc, "root/", &theirs, 0); err != nil {
-		return container{}, fmt.Errorf("its root: %w", err)
-	}
-	if err := unix.Stat("/", &ours); err != nil {
-		return container{}, err
-	}
-	if theirs.Dev != ours.Dev || theirs.Ino != ours.Ino {
-		return container{}, errors.New("it is confined to a folder (its root is not ours)")
-	}
-	theirNS, err1 := readlinkat(proc, "ns/mnt")
-	ourNS, err2 := os.Readlink("/proc/self/ns/mnt")
-	if err1 != nil || err2 != nil {
-		return container{}, fmt.Errorf("mount namespace: %w", errors.Join(err1, err2))
-	}
-	if theirNS == ourNS {
-		return container{}, errors.New("it shares our mount namespace")
 	}
 	// Darling's launcher starts darlingserver from its caller's PID
 	// namespace, so its parent (the launcher, or the init that adopted it)
@@ -227,36 +201,90 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if err := parentInOurPIDNamespace(p.ppid); err != nil {
 		return container{}, err
 	}
-	real, err := filepath.EvalSymlinks(prefix)
+	mnt, err := containerMount(proc, prefix)
 	if err != nil {
 		return container{}, err
-	}
-	mf, err := openProcFile(proc, "mountinfo")
-	if err != nil {
-		return container{}, err
-	}
-	defer mf.Close()
-	mnt, err := mountAt(io.LimitReader(mf, maxMountinfo), real)
-	if err != nil {
-		return container{}, fmt.Errorf("read its mountinfo: %w", err)
-	}
-	if mnt.id == 0 {
-		return container{}, fmt.Errorf("nothing is mounted at %s in its mount namespace", real)
-	}
-	// A mount at the prefix that the host has too is not the container's
-	// own (another prefix's darlingserver would show it as well).
-	if ours, err := os.Open("/proc/self/mountinfo"); err == nil {
-		host, _ := mountAt(io.LimitReader(ours, maxMountinfo), real)
-		ours.Close()
-		if host.id != 0 && host.source == mnt.source {
-			return container{}, fmt.Errorf("the mount at %s is the host's, not a container's", real)
-		}
 	}
 	// The same process all along: its start time has not changed.
 	if startTime(pid) != p.start {
 		return container{}, errors.New("it exited meanwhile")
 	}
-	return container{pid: pid, start: p.start, mnt: mnt.id}, nil
+	return container{pid: pid, start: p.start, mnt: mnt}, nil
+}
+
+// checkDarlingserver checks what Darling's launcher itself checks before
+// trusting .init.pid: the process is darlingserver, run as our uid.
+func checkDarlingserver(proc int) error {
+	comm, err := readProcFile(proc, "comm", 64)
+	if err != nil {
+		return err
+	}
+	if name := strings.TrimSuffix(string(comm), "\n"); name != "darlingserver" {
+		return fmt.Errorf("it is %q, not darlingserver", name)
+	}
+	status, err := readProcFile(proc, "status", 16<<10)
+	if err != nil {
+		return err
+	}
+	if uid := statusField(status, "Uid:"); len(uid) == 0 || uid[0] != strconv.Itoa(os.Getuid()) {
+		return fmt.Errorf("it runs as uid %v, not as ours (%d)", uid, os.Getuid())
+	}
+	return nil
+}
+
+// checkOwnMountNamespace checks that the process is not confined to a
+// folder (its root is ours) and has a mount namespace of its own.
+func checkOwnMountNamespace(proc int) error {
+	var theirs, ours unix.Stat_t
+	if err := unix.Fstatat(proc, "root/", &theirs, 0); err != nil {
+		return fmt.Errorf("its root: %w", err)
+	}
+	if err := unix.Stat("/", &ours); err != nil {
+		return err
+	}
+	if theirs.Dev != ours.Dev || theirs.Ino != ours.Ino {
+		return errors.New("it is confined to a folder (its root is not ours)")
+	}
+	theirNS, err1 := readlinkat(proc, "ns/mnt")
+	ourNS, err2 := os.Readlink("/proc/self/ns/mnt")
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("mount namespace: %w", errors.Join(err1, err2))
+	}
+	if theirNS == ourNS {
+		return errors.New("it shares our mount namespace")
+	}
+	return nil
+}
+
+// containerMount returns the id of the mount at the prefix in the
+// process's mount namespace: darlingserver's overlay. A mount at the
+// prefix that the host has too is not the container's own (another
+// prefix's darlingserver would show it as well).
+func containerMount(proc int, prefix string) (uint64, error) {
+	real, err := filepath.EvalSymlinks(prefix)
+	if err != nil {
+		return 0, err
+	}
+	mf, err := openProcFile(proc, "mountinfo")
+	if err != nil {
+		return 0, err
+	}
+	defer mf.Close()
+	mnt, err := mountAt(io.LimitReader(mf, maxMountinfo), real)
+	if err != nil {
+		return 0, fmt.Errorf("read its mountinfo: %w", err)
+	}
+	if mnt.id == 0 {
+		return 0, fmt.Errorf("nothing is mounted at %s in its mount namespace", real)
+	}
+	if ours, err := os.Open("/proc/self/mountinfo"); err == nil {
+		host, _ := mountAt(io.LimitReader(ours, maxMountinfo), real)
+		ours.Close()
+		if host.id != 0 && host.source == mnt.source {
+			return 0, fmt.Errorf("the mount at %s is the host's, not a container's", real)
+		}
+	}
+	return mnt.id, nil
 }
 
 // parentInOurPIDNamespace checks that the process ppid lives in our PID

@@ -90,6 +90,25 @@ func (l *Launcher) warm(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	code, err := l.runProbe(ctx, probe, log)
+	if err != nil {
+		return fail(withOutput(err, log))
+	}
+	if err := l.checkProbe(probe, code, log); err != nil {
+		return fail(err)
+	}
+	if l.containerPid() == 0 {
+		l.Log.Warn("no running container found for the prefix; sessions will warm it first each time, and SFTP serves the prefix folder as the host sees it",
+			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, initPidFile))
+	}
+	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// runProbe runs the probe command through the launcher and returns its
+// exit code. A launcher that does not answer within WarmTimeout, or by
+// the time ctx is done, is killed with its process group.
+func (l *Launcher) runProbe(ctx context.Context, probe probe, log *os.File) (int, error) {
 	req := Request{Command: probe.command()}
 	cmd := exec.Command(l.Path, l.Args(req, "")...)
 	cmd.Env = append(l.Env(req, ""), probeVar+"="+probe.value)
@@ -103,12 +122,13 @@ func (l *Launcher) warm(ctx context.Context) error {
 	// terminal (make run) and of signals to the server's group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fail(fmt.Errorf("start launcher: %w", err))
+		return -1, fmt.Errorf("start launcher: %w", err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	timer := time.NewTimer(l.WarmTimeout)
 	defer timer.Stop()
+	var err error
 	select {
 	case err = <-done:
 	case <-timer.C:
@@ -116,31 +136,19 @@ func (l *Launcher) warm(ctx context.Context) error {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	code := -1
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
-		code = 0
+		return 0, nil
 	case errors.As(err, &ee) && ee.Exited():
-		code, err = ee.ExitCode(), nil
+		return ee.ExitCode(), nil
 	}
-	if err != nil {
-		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
-		select {
-		case <-done:
-		case <-time.After(time.Second):
-		}
-		return fail(withOutput(err, log))
+	_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(time.Second):
 	}
-	if err := l.checkProbe(probe, code, log); err != nil {
-		return fail(err)
-	}
-	if l.containerPid() == 0 {
-		l.Log.Warn("no running container found for the prefix; sessions will warm it first each time, and SFTP serves the prefix folder as the host sees it",
-			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, initPidFile))
-	}
-	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	return -1, err
 }
 
 // awaitReaped waits a little for a container that was just killed to be
