@@ -88,6 +88,11 @@ type Launcher struct {
 
 	tracker tracker // follows running sessions' processes
 	bufs    buffers // lent to the sessions' streams while data flows
+
+	// afterStart, set only by tests, runs between a session's launcher
+	// start and the check that its container still runs: the one moment
+	// a container's death matters, which no outside event can hit.
+	afterStart func()
 }
 
 // Request is what a session asks the launcher to run.

@@ -1,9 +1,7 @@
 package darlingexec
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // execLauncher writes a launcher that runs the command in place, as its
@@ -37,62 +33,11 @@ func execLauncher(t *testing.T) *Launcher {
 	}
 }
 
-// onExec calls fn each time the file at path is executed, while the exec
-// waits: a fanotify permission event holds execve until fn has returned
-// and the exec is allowed. So fn runs after the launcher's fork and before
-// exec.Cmd.Start returns, deterministically. It needs root and
-// FAN_OPEN_EXEC_PERM (Linux 5.0), else the test is skipped.
-func onExec(t *testing.T, path string, fn func()) {
-	t.Helper()
-	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_LARGEFILE)
-	if err != nil {
-		t.Skipf("fanotify: %v", err)
-	}
-	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD, unix.FAN_OPEN_EXEC_PERM, unix.AT_FDCWD, path); err != nil {
-		unix.Close(fd)
-		t.Skipf("fanotify exec permission events: %v", err)
-	}
-	f := os.NewFile(uintptr(fd), "fanotify")
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			n, err := f.Read(buf)
-			if err != nil {
-				return
-			}
-			r := bytes.NewReader(buf[:n])
-			for r.Len() > 0 {
-				var m unix.FanotifyEventMetadata
-				if binary.Read(r, binary.NativeEndian, &m) != nil {
-					break
-				}
-				r.Seek(int64(m.Event_len)-int64(binary.Size(m)), io.SeekCurrent)
-				if m.Mask&unix.FAN_OPEN_EXEC_PERM != 0 {
-					fn()
-				}
-				var resp bytes.Buffer
-				binary.Write(&resp, binary.NativeEndian, unix.FanotifyResponse{Fd: m.Fd, Response: unix.FAN_ALLOW})
-				f.Write(resp.Bytes())
-				if m.Fd >= 0 {
-					unix.Close(int(m.Fd))
-				}
-			}
-		}
-	}()
-	// Closing the group allows any exec still waiting.
-	t.Cleanup(func() {
-		f.Close()
-		<-done
-	})
-}
-
 // stoppingContainers starts n fake containers for l's prefix, the first
-// one named in .init.pid. Each exec of the launcher kills the container
+// one named in .init.pid. Each start of the launcher kills the container
 // .init.pid names and names the next one there, as if the container died
 // just before the launcher looked for it and another was started later.
-// It returns how many execs there were so far.
+// It returns how many starts there were so far.
 func stoppingContainers(t *testing.T, l *Launcher, n int) (execs func() int) {
 	t.Helper()
 	cs := make([]*exec.Cmd, n)
@@ -101,7 +46,7 @@ func stoppingContainers(t *testing.T, l *Launcher, n int) (execs func() int) {
 	}
 	var mu sync.Mutex
 	count := 0
-	onExec(t, l.Path, func() {
+	l.afterStart = func() {
 		mu.Lock()
 		defer mu.Unlock()
 		if count < n-1 {
@@ -110,7 +55,7 @@ func stoppingContainers(t *testing.T, l *Launcher, n int) (execs func() int) {
 			os.WriteFile(filepath.Join(l.Prefix, initPidFile), []byte(strconv.Itoa(cs[count+1].Process.Pid)), 0o644)
 		}
 		count++
-	})
+	}
 	return func() int {
 		mu.Lock()
 		defer mu.Unlock()

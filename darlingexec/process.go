@@ -135,6 +135,9 @@ func (l *Launcher) launch(ctx context.Context, s session) (*Process, error) {
 	if err == nil {
 		p, err = l.startLauncher(s)
 	}
+	if err == nil && l.afterStart != nil {
+		l.afterStart()
+	}
 	kept := err == nil && l.stillRunning(c)
 	l.warmMu.Unlock()
 	if err != nil {
