@@ -32,6 +32,10 @@ type Options struct {
 	MaxExec            int           // exec sessions running at once; 0: no limit
 	KeepaliveInterval  time.Duration // 0: no keepalives
 	KeepaliveCountMax  int           // unanswered keepalives before the connection is closed
+	// SessionCgroups is "auto" (a cgroup per session where a writable
+	// cgroup v2 hierarchy is found) or "off" (the marker and parentage
+	// tracker only).
+	SessionCgroups string
 	// Ready, if set, is called once the server accepts sessions (after
 	// the warm-up): systemd's READY=1.
 	Ready func()
@@ -63,6 +67,7 @@ func DefaultOptions() Options {
 		MaxSessions:        10,
 		KeepaliveInterval:  15 * time.Second,
 		KeepaliveCountMax:  3,
+		SessionCgroups:     "auto",
 		KnownHostsOut:      "/var/lib/darling-sshd/known_hosts",
 		HostAlias:          "darling-builder",
 	}
@@ -110,6 +115,8 @@ func (o *Options) Validate() error {
 		return &OptionError{"max-startups", err}
 	}
 	switch {
+	case o.SessionCgroups != "auto" && o.SessionCgroups != "off":
+		return bad("session-cgroups", fmt.Sprintf("%q: want auto or off", o.SessionCgroups))
 	case o.Prefix == "":
 		return bad("prefix", "must not be empty")
 	case o.Darling == "":

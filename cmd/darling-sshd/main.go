@@ -142,6 +142,7 @@ func serve(args []string, stderr io.Writer) int {
 	fs.IntVar(&o.MaxExec, "max-exec", d.MaxExec, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
 	fs.DurationVar(&o.KeepaliveInterval, "keepalive-interval", d.KeepaliveInterval, "how often to check that a client is still there (0: never)")
 	fs.IntVar(&o.KeepaliveCountMax, "keepalive-count-max", d.KeepaliveCountMax, "unanswered keepalives before a connection is closed")
+	fs.StringVar(&o.SessionCgroups, "session-cgroups", d.SessionCgroups, "auto: each session in a cgroup of its own where a writable cgroup v2 is found; off: the marker and parentage tracker only")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "on SIGTERM, how long running sessions may finish before they are ended")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	pprofAddr := fs.String("pprof", "", "serve Go's profiles on this address, e.g. 127.0.0.1:6060 (off when empty)")
