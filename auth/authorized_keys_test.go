@@ -3,10 +3,13 @@ package auth
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 )
@@ -86,4 +89,74 @@ func TestLoadAuthorizedKeys(t *testing.T) {
 	if err != nil || ak.Lookup(k) == nil {
 		t.Errorf("single .pub file: %v", err)
 	}
+}
+
+// TestMatchFirstAllowingLine: a key on several lines logs in with the
+// first line whose from= and expiry-time allow it, as sshd does; later
+// lines never override it.
+func TestMatchFirstAllowingLine(t *testing.T) {
+	k, other := newPub(t), newPub(t)
+	line := AuthorizedKeyLine(k)
+	local, remote := fakeAddr("127.0.0.1:5000"), fakeAddr("10.1.2.3:5000")
+	now := time.Date(2030, 6, 1, 12, 0, 0, 0, time.Local)
+	for _, c := range []struct {
+		name   string
+		lines  []string
+		remote net.Addr
+		line   int    // the line Match must use; 0 for none
+		reason string // Match's reason when line is 0
+	}{
+		{"command= first, then plain", []string{`command="echo forced" ` + line, line}, local, 1, ""},
+		{"plain first, then command=", []string{line, `command="echo forced" ` + line}, local, 1, ""},
+		{"from= refuses the first", []string{`from="10.0.0.0/8",command="first" ` + line, line}, local, 2, ""},
+		{"from= allows the first", []string{`from="10.0.0.0/8",command="first" ` + line, line}, remote, 1, ""},
+		{"first expired", []string{`expiry-time="20200101",command="first" ` + line, line}, local, 2, ""},
+		{"first not yet expired", []string{`expiry-time="20991231",command="first" ` + line, line}, local, 1, ""},
+		{"rejected line skipped", []string{`frobnicate ` + line, `command="second" ` + line}, local, 2, ""},
+		{"other key's line skipped", []string{AuthorizedKeyLine(other), `command="mine" ` + line}, local, 2, ""},
+		{"all refuse, last expired", []string{`from="10.0.0.0/8" ` + line, `expiry-time="20200101" ` + line}, local, 0,
+			"key expired (expiry-time, line 2)"},
+		{"all refuse, last from=", []string{`expiry-time="20200101" ` + line, `from="10.0.0.0/8" ` + line}, local, 0,
+			"address not allowed by from= (line 2)"},
+		{"key absent", []string{AuthorizedKeyLine(other)}, local, 0, "key not authorized"},
+	} {
+		ak := ParseAuthorizedKeys([]byte(strings.Join(c.lines, "\n") + "\n"))
+		e, reason := ak.Match(k, c.remote, now)
+		switch {
+		case c.line == 0 && (e != nil || reason != c.reason):
+			t.Errorf("%s: Match = %s, %q; want nil, %q", c.name, entryString(e), reason, c.reason)
+		case c.line != 0 && (e == nil || e.Line != c.line || reason != ""):
+			t.Errorf("%s: Match = %s, %q; want line %d", c.name, entryString(e), reason, c.line)
+		}
+	}
+}
+
+// TestMatchForcedCommandKept: a plain line after a command= line for the
+// same key does not remove the forced command.
+func TestMatchForcedCommandKept(t *testing.T) {
+	k := newPub(t)
+	ak := ParseAuthorizedKeys([]byte(`command="nix-store --serve",environment="NIX_REMOTE=daemon" ` +
+		AuthorizedKeyLine(k) + "\n" + AuthorizedKeyLine(k) + "\n"))
+	e, reason := ak.Match(k, fakeAddr("127.0.0.1:22"), time.Now())
+	if e == nil || e.Options.Command == nil || *e.Options.Command != "nix-store --serve" ||
+		len(e.Options.Environment) != 1 {
+		t.Fatalf("Match = %s, %q; want the command= line", entryString(e), reason)
+	}
+	if l := ak.Lookup(k); l != e {
+		t.Errorf("Lookup = %s, want the first line", entryString(l))
+	}
+	if ak.Len() != 1 {
+		t.Errorf("Len %d, want 1 (one key on two lines)", ak.Len())
+	}
+}
+
+// entryString names an entry by its line and forced command, for errors.
+func entryString(e *AuthorizedKey) string {
+	switch {
+	case e == nil:
+		return "nil"
+	case e.Options.Command != nil:
+		return fmt.Sprintf("line %d (command=%q)", e.Line, *e.Options.Command)
+	}
+	return fmt.Sprintf("line %d", e.Line)
 }

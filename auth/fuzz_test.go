@@ -18,9 +18,11 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, text string) {
 		ak := ParseAuthorizedKeys([]byte(text))
-		for _, e := range ak.keys {
-			if e.Options.Command != nil && strings.IndexByte(*e.Options.Command, 0) >= 0 && !strings.Contains(text, "\x00") {
-				t.Errorf("NUL invented in command")
+		for _, entries := range ak.keys {
+			for _, e := range entries {
+				if e.Options.Command != nil && strings.IndexByte(*e.Options.Command, 0) >= 0 && !strings.Contains(text, "\x00") {
+					t.Errorf("NUL invented in command")
+				}
 			}
 		}
 	})
