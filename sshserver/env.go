@@ -58,8 +58,23 @@ func acceptEnv(accept []string, name string) (bool, string) {
 	return true, ""
 }
 
+// keySetsEnv reports whether the key line's environment= options (NAME=value
+// pairs) set name.
+func keySetsEnv(environment []string, name string) bool {
+	for _, kv := range environment {
+		if n, _, _ := strings.Cut(kv, "="); n == name {
+			return true
+		}
+	}
+	return false
+}
+
 // setEnv handles an "env" request. A refused variable is logged and
-// reported to the client as a failed request, never fatal.
+// reported to the client as a failed request, never fatal. Under a key
+// with a forced command (command=), the client may set only the variables
+// that key line's environment= also sets (whose value then wins, as it is
+// applied last): a forced command such as nix-store --serve must not be
+// pointed elsewhere (NIX_REMOTE, NIX_PATH) by the client.
 func (se *session) setEnv(payload []byte) bool {
 	var kv struct{ Name, Value string }
 	if err := gossh.Unmarshal(payload, &kv); err != nil {
@@ -70,6 +85,8 @@ func (se *session) setEnv(payload []byte) bool {
 	switch {
 	case se.phase != requested:
 		ok, why = false, "session already started"
+	case ok && se.opts.Command != nil && !keySetsEnv(se.opts.Environment, kv.Name):
+		ok, why = false, "forced command: only the key's environment= names are accepted"
 	case ok && strings.IndexByte(kv.Value, 0) >= 0:
 		ok, why = false, "NUL in value"
 	case ok && (len(se.env) >= maxEnvVars || se.envBytes+len(kv.Name)+len(kv.Value) > maxEnvBytes):
