@@ -77,6 +77,9 @@ type Launcher struct {
 	// container it starts keeps writing to; "" is P.launcher.log.
 	LogPath string
 
+	// Cgroups, if set, gives each session a cgroup of its own.
+	Cgroups *Cgroups
+
 	warmMu     sync.Mutex // one warm-up at a time for the prefix
 	warmErr    error      // the last warm-up's outcome, under warmMu
 	warmFailed time.Time  // when it ended
@@ -126,12 +129,29 @@ func shQuote(s string) string {
 // WEXITSTATUS of its direct child, so a command killed by a signal would
 // reach the client as status 0. Waiting for it, the script's shell turns
 // that into 128+n (137 for SIGKILL) and exits with it. See waitCommand.
-func Script(command, marker string) string {
+func Script(command, marker string) string { return script(command, marker, "") }
+
+func script(command, marker, gate string) string {
 	var b strings.Builder
 	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
+	b.WriteString(gate)
 	b.WriteString(waitCommand("/bin/sh -c " + shQuote(command)))
 	return b.String()
+}
+
+// gateStep makes the script wait, after the marker, for one line on
+// stdin before the client's command runs: the server sends it once the
+// session's first processes are in the session's cgroup, so that nothing
+// the command starts can be outside it. The shell's read takes one byte at
+// a time from a pipe, so nothing of the client's stdin is lost. On a
+// terminal, echo is off while it waits. Without the line (the session
+// ended first) the script exits.
+func gateStep(pty bool) string {
+	if pty {
+		return `_g=$(stty -g 2>/dev/null); stty -echo 2>/dev/null; IFS= read -r _l || exit 255; stty "$_g" 2>/dev/null; `
+	}
+	return `IFS= read -r _l || exit 255; `
 }
 
 // waitCommand runs cmd as the script's last step and exits with its
@@ -152,10 +172,11 @@ func waitCommand(cmd string) string {
 // has sourced the prefix's profile; the shell then starts at home with the
 // Nix profiles on PATH, as a command would. Without a terminal, the start
 // marker keeps what the profile printed off stdout, as for a command.
-func shellScript(marker string) string {
+func shellScript(marker, gate string) string {
 	var b strings.Builder
 	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
+	b.WriteString(gate)
 	b.WriteString(waitCommand("/bin/bash"))
 	return b.String()
 }
@@ -171,16 +192,19 @@ func writeMarker(b *strings.Builder, marker string) {
 
 // Args returns the launcher's arguments (without argv[0]) for a request;
 // marker is the stdout start marker ("" for none: a terminal gets none).
-func (l *Launcher) Args(req Request, marker string) []string {
+func (l *Launcher) Args(req Request, marker string) []string { return l.args(req, marker, "") }
+
+// args is Args with the script's gate step ("" for none).
+func (l *Launcher) args(req Request, marker, gate string) []string {
 	var args []string
 	if l.Style == StyleFlag {
 		args = append(args, "--prefix", l.Prefix)
 	}
 	args = append(args, "shell", "/bin/sh", "-c")
 	if req.Shell && req.Command == "" {
-		return append(args, shellScript(marker))
+		return append(args, shellScript(marker, gate))
 	}
-	return append(args, Script(req.Command, marker))
+	return append(args, script(req.Command, marker, gate))
 }
 
 // shellArgs returns the arguments after "shell" in args.

@@ -19,8 +19,8 @@ func TestArgs(t *testing.T) {
 		{StyleFlag, Request{Command: "nix-store --serve --write"},
 			[]string{"--prefix", "/p", "shell", "/bin/sh", "-c", Script("nix-store --serve --write", "")}},
 		{StyleEnv, Request{Command: "true"}, []string{"shell", "/bin/sh", "-c", Script("true", "")}},
-		{StyleFlag, Request{Shell: true}, []string{"--prefix", "/p", "shell", "/bin/sh", "-c", shellScript("")}},
-		{StyleEnv, Request{Shell: true}, []string{"shell", "/bin/sh", "-c", shellScript("")}},
+		{StyleFlag, Request{Shell: true}, []string{"--prefix", "/p", "shell", "/bin/sh", "-c", shellScript("", "")}},
+		{StyleEnv, Request{Shell: true}, []string{"shell", "/bin/sh", "-c", shellScript("", "")}},
 		// An exec of the empty string is a command, not a login shell.
 		{StyleEnv, Request{Command: ""}, []string{"shell", "/bin/sh", "-c", Script("", "")}},
 	} {

@@ -20,11 +20,13 @@ const afterKill = 10 * time.Second
 
 // killSession signals the session's processes: SIGHUP, then SIGKILL after
 // grace, until none is left (or afterKill has passed since the SIGKILL).
+// With a cgroup, its processes are the session's too, whatever their
+// environment and parentage, and cgroup.kill ends them all at once.
 func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time.Duration) {
 	l.tracker.remove(ps)
 	ps.setProtect(l.containerPid())
-	pids := l.tracker.scan(ps)
-	if len(pids) == 0 {
+	pids := ps.withCgroup(l.tracker.scan(ps))
+	if ps.gone(pids) {
 		return
 	}
 	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
@@ -41,15 +43,15 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	for {
 		select {
 		case <-ctx.Done():
-			ps.signal(l.tracker.scan(ps), unix.SIGKILL)
+			ps.kill(ps.withCgroup(l.tracker.scan(ps)))
 			return
 		case <-tick.C:
-			pids = ps.alive()
+			pids = ps.withCgroup(ps.alive())
 		case <-full.C:
-			pids = l.tracker.scan(ps)
+			pids = ps.withCgroup(l.tracker.scan(ps))
 		}
-		if len(pids) == 0 {
-			if pids = l.tracker.scan(ps); len(pids) == 0 {
+		if ps.gone(pids) {
+			if pids = ps.withCgroup(l.tracker.scan(ps)); ps.gone(pids) {
 				return
 			}
 		}
@@ -62,9 +64,50 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 				l.Log.Warn("session processes survive SIGKILL", "pids", pids)
 				return
 			}
-			ps.signal(pids, unix.SIGKILL)
+			ps.kill(pids)
 		}
 	}
+}
+
+// kill SIGKILLs pids and, at once, all of the session's cgroup.
+func (s *sessionProcs) kill(pids []int) {
+	if s.cg != nil {
+		_ = s.cg.kill()
+	}
+	s.signal(pids, unix.SIGKILL)
+}
+
+// gone reports whether none of pids is left, nor any process in the
+// session's cgroup.
+func (s *sessionProcs) gone(pids []int) bool {
+	return len(pids) == 0 && (s.cg == nil || !s.cg.populated())
+}
+
+// withCgroup adds the processes in the session's cgroup to pids, and to
+// the processes the session knows, by their start time.
+func (s *sessionProcs) withCgroup(pids []int) []int {
+	if s.cg == nil {
+		return pids
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, pid := range s.cg.procs() {
+		if _, ok := s.known[pid]; ok || pid == s.protect {
+			continue
+		}
+		if st := startTime(pid); st != 0 {
+			s.known[pid] = st
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// startOf returns the start time the session knows pid by, or 0.
+func (s *sessionProcs) startOf(pid int) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.known[pid]
 }
 
 // fullScanEvery is how often the kill loop walks all of /proc.
@@ -143,6 +186,10 @@ type sessionProcs struct {
 	// since is the launcher's start time: a process started before it
 	// cannot be the session's.
 	since uint64
+
+	// cg is the session's cgroup, or nil; set before the session's
+	// command runs, then only read.
+	cg *sessionCgroup
 
 	mu      sync.Mutex
 	protect int            // the container's init: never ours

@@ -48,6 +48,7 @@ type Process struct {
 	waitErr error
 	ended   atomic.Bool
 	endOnce sync.Once
+	usage   Usage // from the session's cgroup, once ended
 }
 
 // newSessionID returns a random marker value for a session.
@@ -71,7 +72,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	}
 	p, err := l.launch(ctx, s)
 	if !errors.Is(err, errContainerStopped) {
-		return p, err
+		return p.entered(s, err)
 	}
 	l.Log.Warn("the prefix's container stopped while a session started; its launcher was ended, starting the session again",
 		"prefix", l.Prefix, "err", err)
@@ -84,6 +85,15 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	if errors.Is(err, errContainerStopped) {
 		err = fmt.Errorf("%w (twice; the session was not started)", err)
 	}
+	return p.entered(s, err)
+}
+
+// entered lets a gated session's script go on once its processes are in
+// the session's cgroup (see enterCgroup).
+func (p *Process) entered(s session, err error) (*Process, error) {
+	if err == nil && s.gate != "" {
+		p.enterCgroup(s.id)
+	}
 	return p, err
 }
 
@@ -92,6 +102,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 type session struct {
 	req        Request
 	id, marker string
+	gate       string // the script's gate step; "" without session cgroups
 	args, env  []string
 }
 
@@ -108,7 +119,11 @@ func (l *Launcher) prepare(req Request) (session, error) {
 	if req.PTY == nil {
 		marker = "\x1edarling-sshd:" + id + "\x1e"
 	}
-	s := session{req: req, id: id, marker: marker, args: l.Args(req, marker), env: l.Env(req, id)}
+	s := session{req: req, id: id, marker: marker, env: l.Env(req, id)}
+	if l.Cgroups != nil {
+		s.gate = gateStep(req.PTY != nil)
+	}
+	s.args = l.args(req, marker, s.gate)
 	return s, Check(s.args, s.env)
 }
 
@@ -216,8 +231,7 @@ func (l *Launcher) startLauncher(s session) (*Process, error) {
 func (p *Process) discard(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.ended.Store(true)
-		p.Stdin.Close()
-		p.l.killSession(ctx, p.procs, 0)
+		p.endSession(ctx, 0)
 	})
 	p.CloseOutput()
 	t := time.NewTimer(discardWait)
@@ -313,8 +327,7 @@ func (p *Process) Pid() int { return p.cmd.Process.Pid }
 func (p *Process) End(ctx context.Context) {
 	p.endOnce.Do(func() {
 		p.ended.Store(true)
-		p.Stdin.Close()
-		p.l.killSession(ctx, p.procs, p.l.KillGrace)
+		p.endSession(ctx, p.l.KillGrace)
 	})
 }
 
@@ -322,11 +335,25 @@ func (p *Process) End(ctx context.Context) {
 // finished normally (a daemon the command left behind), without marking the
 // session as ended by the server.
 func (p *Process) Sweep(ctx context.Context) {
-	p.endOnce.Do(func() {
-		p.Stdin.Close()
-		p.l.killSession(ctx, p.procs, p.l.KillGrace)
-	})
+	p.endOnce.Do(func() { p.endSession(ctx, p.l.KillGrace) })
 }
+
+// endSession closes stdin, ends the session's processes, and reads its
+// cgroup's usage before it removes the cgroup.
+func (p *Process) endSession(ctx context.Context, grace time.Duration) {
+	p.Stdin.Close()
+	p.l.killSession(ctx, p.procs, grace)
+	if cg := p.procs.cg; cg != nil {
+		p.usage = cg.usage()
+		if err := cg.remove(); err != nil {
+			p.l.Log.Warn("remove the session's cgroup", "dir", cg.dir, "err", err)
+		}
+	}
+}
+
+// Usage is what the session's processes used, as far as its cgroup says;
+// known once End or Sweep has returned.
+func (p *Process) Usage() Usage { return p.usage }
 
 // signalName returns the RFC 4254 (section 6.10) name of sig, or
 // "SIG@openssh.com" as OpenSSH's sshd sends for signals the RFC does not name.

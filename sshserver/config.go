@@ -36,6 +36,10 @@ type Options struct {
 	// cgroup v2 hierarchy is found) or "off" (the marker and parentage
 	// tracker only).
 	SessionCgroups string
+	// Cgroups is where sessions get their cgroups, found by the caller
+	// (moving the server into a cgroup is a process-wide effect); nil:
+	// none.
+	Cgroups *darlingexec.Cgroups
 	// Ready, if set, is called once the server accepts sessions (after
 	// the warm-up): systemd's READY=1.
 	Ready func()

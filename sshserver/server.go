@@ -156,6 +156,7 @@ func NewLauncher(opts Options) (*darlingexec.Launcher, error) {
 	return &darlingexec.Launcher{
 		Path: path, Prefix: opts.Prefix, Style: opts.PrefixStyle, LogPath: opts.LauncherLog,
 		WarmTimeout: opts.WarmTimeout, KillGrace: opts.KillGrace, Log: log, HostEnv: hostEnv(),
+		Cgroups: opts.Cgroups,
 	}, nil
 }
 

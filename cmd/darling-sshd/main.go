@@ -189,6 +189,17 @@ func serveWith(o sshserver.Options, pprofAddr string) int {
 		}
 		defer pl.Close()
 	}
+	if o.SessionCgroups == "auto" {
+		cg, err := darlingexec.FindCgroups()
+		if err != nil {
+			log.Warn("no cgroup for sessions: a session's processes are found by the marker in their environment and by parentage only, so one that clears its environment and leaves its parent before the next scan (every 500 ms) can outlive its session",
+				"err", err)
+		} else {
+			defer cg.Close()
+			o.Cgroups = cg
+			log.Info("each session gets a cgroup of its own", "dir", cg.Dir())
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	reload := make(chan os.Signal, 1)

@@ -1,0 +1,308 @@
+package darlingexec
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Cgroups is a cgroup v2 folder the server creates its sessions' cgroups
+// in. A process Darling starts for a session is not the server's child,
+// and may clear its environment and leave its parent at once (Nix starts
+// builders with the derivation's environment only; a daemon double-forks):
+// the marker and parentage tracker can lose it. A process cannot leave its
+// cgroup on its own, and all its children start in it, so a session whose
+// first process is put in a cgroup of its own before the client's command
+// runs keeps everything it starts.
+type Cgroups struct {
+	dir     string // where the sessions' cgroups are made
+	created bool   // dir is ours to remove at Close
+}
+
+// FindCgroups finds the server's own cgroup v2 and makes it ready for
+// sessions. In a delegated cgroup (systemd's Delegate=yes) the server
+// moves itself into a leaf, server/, so that the cgroup can enable
+// controllers for the sessions (a cgroup with processes of its own
+// cannot); in the root cgroup it makes darling-sshd.<pid>/ for them. The
+// error says why sessions cannot have cgroups here.
+func FindCgroups() (*Cgroups, error) {
+	mnt, err := cgroup2Mount()
+	if err != nil {
+		return nil, err
+	}
+	rel, err := ownCgroup()
+	if err != nil {
+		return nil, err
+	}
+	own := filepath.Join(mnt, rel)
+	c := &Cgroups{dir: own}
+	if rel == "/" {
+		c.dir, c.created = filepath.Join(own, "darling-sshd."+strconv.Itoa(os.Getpid())), true
+		if err := os.Mkdir(c.dir, 0o755); err != nil {
+			return nil, fmt.Errorf("make %s: %w", c.dir, err)
+		}
+	} else if err := c.leaveForLeaf(); err != nil {
+		return nil, err
+	}
+	enableControllers(c.dir)
+	probe := filepath.Join(c.dir, "probe")
+	if err := os.Mkdir(probe, 0o755); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("make a session cgroup in %s: %w", c.dir, err)
+	}
+	os.Remove(probe)
+	return c, nil
+}
+
+// leaveForLeaf moves the server into dir/server.
+func (c *Cgroups) leaveForLeaf() error {
+	leaf := filepath.Join(c.dir, "server")
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("make %s: %w", leaf, err)
+	}
+	if err := writeCgroupFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
+		return fmt.Errorf("move the server into %s: %w", leaf, err)
+	}
+	return nil
+}
+
+// enableControllers turns on what of cpu and memory dir has for its
+// children: the sessions' CPU time and memory peak. Without them the
+// sessions still get cgroup.kill and cgroup.events.
+func enableControllers(dir string) {
+	b, err := readBounded(filepath.Join(dir, "cgroup.controllers"), 4096)
+	if err != nil {
+		return
+	}
+	for _, ctl := range strings.Fields(string(b)) {
+		if ctl == "cpu" || ctl == "memory" {
+			_ = writeCgroupFile(filepath.Join(dir, "cgroup.subtree_control"), "+"+ctl)
+		}
+	}
+}
+
+// Close removes the folder FindCgroups made, once its sessions are gone.
+func (c *Cgroups) Close() {
+	if c != nil && c.created {
+		os.Remove(c.dir)
+	}
+}
+
+// Dir is where the sessions' cgroups are made.
+func (c *Cgroups) Dir() string { return c.dir }
+
+// cgroup2Mount returns where the cgroup v2 hierarchy is mounted.
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(io.LimitReader(f, maxMountinfo))
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		fields, fs := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fields) >= 5 && len(fs) > 0 && fs[0] == "cgroup2" {
+			return unescapeMountinfo(fields[4]), nil
+		}
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted")
+}
+
+// ownCgroup returns the server's cgroup v2 path, from its "0::" line.
+func ownCgroup() (string, error) {
+	b, err := readBounded("/proc/self/cgroup", 64<<10)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rel, ok := strings.CutPrefix(line, "0::"); ok && strings.HasPrefix(rel, "/") {
+			return rel, nil
+		}
+	}
+	return "", errors.New("the server is in no cgroup v2")
+}
+
+// sessionCgroup is one session's cgroup.
+type sessionCgroup struct{ dir string }
+
+// newSession makes the cgroup for session id.
+func (c *Cgroups) newSession(id string) (*sessionCgroup, error) {
+	dir := filepath.Join(c.dir, "s-"+id)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("make session cgroup: %w", err)
+	}
+	return &sessionCgroup{dir: dir}, nil
+}
+
+// add moves the process pid, which started at start, into the cgroup.
+// cgroup.procs takes a bare pid, so the process is held by a pidfd across
+// the write: if it is still alive afterwards, the pid named it all along.
+func (sc *sessionCgroup) add(pid int, start uint64) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if !startedAt(pid, start) {
+		return errNotOurs
+	}
+	if err := writeCgroupFile(filepath.Join(sc.dir, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+		return err
+	}
+	if err := unix.PidfdSendSignal(fd, 0, nil, 0); err != nil {
+		return fmt.Errorf("process %d exited while it was moved: %w", pid, err)
+	}
+	return nil
+}
+
+// procs returns the processes in the cgroup.
+func (sc *sessionCgroup) procs() []int {
+	b, err := readBounded(filepath.Join(sc.dir, "cgroup.procs"), 1<<20)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// populated reports whether a process is left in the cgroup.
+func (sc *sessionCgroup) populated() bool {
+	b, err := readBounded(filepath.Join(sc.dir, "cgroup.events"), 4096)
+	return err != nil || bytes.Contains(b, []byte("populated 1"))
+}
+
+// kill SIGKILLs every process in the cgroup, at once.
+func (sc *sessionCgroup) kill() error {
+	return writeCgroupFile(filepath.Join(sc.dir, "cgroup.kill"), "1")
+}
+
+// Usage is what a session's processes used, where its cgroup says.
+type Usage struct {
+	CPU        time.Duration // user and system time; 0 if unknown
+	MemoryPeak int64         // bytes; 0 if unknown (no memory controller)
+}
+
+// usage reads the cgroup's CPU time and memory peak.
+func (sc *sessionCgroup) usage() Usage {
+	var u Usage
+	if b, err := readBounded(filepath.Join(sc.dir, "cpu.stat"), 4096); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				u.CPU = time.Duration(n) * time.Microsecond
+			}
+		}
+	}
+	if b, err := readBounded(filepath.Join(sc.dir, "memory.peak"), 64); err == nil {
+		u.MemoryPeak, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	}
+	return u
+}
+
+// remove removes the empty cgroup; it waits a little for the kernel to
+// see the last process gone.
+func (sc *sessionCgroup) remove() error {
+	var err error
+	for range 50 {
+		if err = unix.Rmdir(sc.dir); err != unix.EBUSY {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return err
+}
+
+// writeCgroupFile writes v to a cgroup interface file in one write, as
+// the kernel wants.
+func writeCgroupFile(path, v string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(v)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// readBounded reads at most n bytes of a file.
+func readBounded(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
+}
+
+// enterCgroup makes the session's cgroup, moves the session's processes
+// (its script's shell, waiting at the gate, and what started it in the
+// container) into it, then sends the line the gate waits for. Darling
+// starts them in its container, so they are found by the session marker
+// in their environment. If none shows up while the launcher runs, or the
+// cgroup cannot be made, the session goes on without one, with the
+// tracker as its only net, and the log says so.
+func (p *Process) enterCgroup(id string) {
+	defer p.Stdin.Write([]byte("\n"))
+	cg, err := p.l.Cgroups.newSession(id)
+	if err != nil {
+		p.l.Log.Warn("session without a cgroup", "err", err)
+		return
+	}
+	p.procs.cg = cg
+	deadline := time.Now().Add(p.l.WarmTimeout)
+	tick := time.NewTicker(gatePoll)
+	defer tick.Stop()
+	for {
+		if moved := p.moveMarked(cg); moved > 0 {
+			return
+		}
+		select {
+		case <-p.done:
+			return
+		case <-tick.C:
+		}
+		if time.Now().After(deadline) {
+			p.l.Log.Warn("no process of the session showed up in the container; it runs without a cgroup's hold", "pid", p.Pid())
+			return
+		}
+	}
+}
+
+// gatePoll is how often enterCgroup looks for the session's processes.
+const gatePoll = 5 * time.Millisecond
+
+// moveMarked moves the session's known processes, but its launcher (ours,
+// on the host), into cg and returns how many it moved.
+func (p *Process) moveMarked(cg *sessionCgroup) int {
+	moved := 0
+	for _, pid := range p.l.tracker.scan(p.procs) {
+		if pid == p.Pid() {
+			continue
+		}
+		start := p.procs.startOf(pid)
+		if err := cg.add(pid, start); err != nil {
+			p.l.Log.Debug("move into the session's cgroup", "pid", pid, "err", err)
+			continue
+		}
+		moved++
+	}
+	return moved
+}
