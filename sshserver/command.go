@@ -28,6 +28,9 @@ type Command interface {
 	// CloseOutput stops reading the output: pending reads return.
 	CloseOutput()
 	Pid() int
+	// Usage is what the session's processes used, once End or Sweep
+	// returned; zero where unknown.
+	Usage() darlingexec.Usage
 }
 
 // Launcher starts commands in the prefix and opens it for SFTP.

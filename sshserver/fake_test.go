@@ -171,6 +171,8 @@ func (c *fakeCmd) CloseOutput() {
 
 func (c *fakeCmd) Pid() int { return 4242 }
 
+func (c *fakeCmd) Usage() darlingexec.Usage { return darlingexec.Usage{} }
+
 // fakeServer is a Server on 127.0.0.1 with the fake launcher, and a
 // client key it accepts.
 type fakeServer struct {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
@@ -209,8 +210,9 @@ func (se *session) launched(r darlingexec.Request, res *launch) {
 // half-close, so nothing waits on the stdin copier.
 func (se *session) startPumps() {
 	stdin, stdout, stderr := se.cmd.Stdio()
+	se.start = time.Now()
 	se.goSafe(func() {
-		_, _ = io.Copy(stdin, se.ch)
+		_, _ = io.Copy(stdin, counting{se.ch, &se.bytesIn})
 		stdin.Close()
 	})
 	drained := make(chan struct{})
@@ -219,7 +221,7 @@ func (se *session) startPumps() {
 	for _, o := range [...]struct {
 		dst io.Writer
 		src io.WriterTo
-	}{{se.ch, stdout}, {se.ch.Stderr(), stderr}} {
+	}{{counting{se.ch, &se.bytesOut}, stdout}, {counting{se.ch.Stderr(), &se.bytesOut}, stderr}} {
 		se.goSafe(func() {
 			pump(o.dst, o.src)
 			if left.Add(-1) == 0 {
@@ -228,6 +230,27 @@ func (se *session) startPumps() {
 		})
 	}
 	se.drained = drained
+}
+
+// counting counts the bytes read from or written to a stream.
+type counting struct {
+	rw interface {
+		io.Reader
+		io.Writer
+	}
+	n *atomic.Int64
+}
+
+func (c counting) Read(p []byte) (int, error) {
+	n, err := c.rw.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c counting) Write(p []byte) (int, error) {
+	n, err := c.rw.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // setPty handles "pty-req": the command will run on a terminal.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -78,6 +79,10 @@ type session struct {
 	sftp       bool                   // SFTP is served in-process, not a command
 	sftpErr    error                  // why the SFTP server returned; read after sftpDone
 	gone       chan struct{}          // closed when the requests end, for the start task
+
+	// What it moved: the client's stdin; stdout and stderr.
+	start             time.Time
+	bytesIn, bytesOut atomic.Int64
 
 	// How it is ending.
 	peerGone    bool // the client closed the channel or left
@@ -293,40 +298,47 @@ func (se *session) maybeClose() {
 	se.enter(closing)
 	se.cmd.CloseOutput()
 	st, err := se.cmd.Wait()
-	sweep := func() { se.sweep(false) }
 	switch {
 	case se.peerGone:
-		sweep()
+		se.sweep("client gone", false)
 	case se.serverEnded:
-		se.finish("server is shutting down", sweep)
+		se.finish("server is shutting down", func() { se.sweep("server shut down", false) })
 	case err != nil:
 		se.log.Error("wait for launcher", "err", err)
-		se.finish("lost the command: "+err.Error(), sweep)
+		se.finish("lost the command: "+err.Error(), func() { se.sweep("launcher lost", false) })
 	case st.Signal != "" && !st.Ended:
-		se.log.Info("session ended", "signal", st.Signal)
 		se.sendExitSignal(st)
 		se.closeChannel()
-		sweep()
+		se.sweep("signal "+st.Signal, false)
 	default:
-		se.log.Info("session ended", "status", st.Code)
 		se.sendExitStatus(uint32(st.Code))
 		se.closeChannel()
-		se.sweep(st.Code != 0)
+		se.sweep("status "+strconv.Itoa(st.Code), st.Code != 0)
 	}
 }
 
 // sweep ends what the command left behind (a daemon belongs to the
-// session too), then the session is closed. After a failure it says if
-// the container is gone (Darling's launcher exits 1 without a word when
-// it loses its container); by then a container that died has had the
-// sweep's time to leave /proc.
-func (se *session) sweep(failed bool) {
+// session too), logs how the session ended and what it used, then the
+// session is closed. After a failure it says if the container is gone
+// (Darling's launcher exits 1 without a word when it loses its
+// container); by then a container that died has had the sweep's time to
+// leave /proc.
+func (se *session) sweep(outcome string, failed bool) {
 	cmd, l := se.cmd, se.s.launcher
 	se.spawn(func() func() {
 		cmd.Sweep(context.Background())
 		if failed && !l.ContainerRunning() {
 			se.log.Warn("the prefix's container is gone; the next session warms it again", "prefix", se.s.opts.Prefix)
 		}
+		attrs := []any{"pid", cmd.Pid(), "outcome", outcome, "duration", time.Since(se.start).Round(time.Millisecond),
+			"bytes_in", se.bytesIn.Load(), "bytes_out", se.bytesOut.Load()}
+		if u := cmd.Usage(); u.CPU > 0 {
+			attrs = append(attrs, "cpu", u.CPU.Round(time.Millisecond))
+		}
+		if u := cmd.Usage(); u.MemoryPeak > 0 {
+			attrs = append(attrs, "memory_peak", u.MemoryPeak)
+		}
+		se.log.Info("session ended", attrs...)
 		return func() { se.enter(closed) }
 	})
 }

@@ -3,6 +3,7 @@ package sshserver
 import (
 	"bytes"
 	"io"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
@@ -160,10 +161,14 @@ func TestExecFrameOrder(t *testing.T) {
 	if !waitUntil(func() bool { return f.live.Load() == 0 }) {
 		t.Errorf("%d commands neither ended nor swept", f.live.Load())
 	}
+	// 100000 bytes of stdout and 3 of stderr, for each session.
+	if !waitUntil(func() bool { return strings.Count(s.log.String(), "bytes_in=0 bytes_out=100003") == 3 }) {
+		t.Errorf("session ended lines: %q", regexp.MustCompile(`msg="session ended".*`).FindAllString(s.log.String(), -1))
+	}
 }
 
 func TestStdinReachesCommand(t *testing.T) {
-	_, _, ch, cmd := startExec(t, "cat")
+	_, s, ch, cmd := startExec(t, "cat")
 	go func() {
 		ch.Write([]byte("hello"))
 		ch.CloseWrite()
@@ -174,6 +179,10 @@ func TestStdinReachesCommand(t *testing.T) {
 	}
 	cmd.Exit(darlingexec.ExitStatus{}, false)
 	ch.finish(t)
+	if !waitUntil(func() bool { return strings.Contains(s.log.String(), `outcome="status 0"`) }) ||
+		!strings.Contains(s.log.String(), "bytes_in=5 ") {
+		t.Errorf("session ended line: %q", regexp.MustCompile(`msg="session ended".*`).FindString(s.log.String()))
+	}
 }
 
 // TestLauncherKilled: a launcher that dies of a signal not sent by the
