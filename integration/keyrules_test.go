@@ -1,25 +1,27 @@
 package integration
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
 
 // keyRulesServer starts a server whose authorized keys file holds, for each
-// name, the lines lines[name](pub) of a fresh client key, and returns the
-// server and each key's path.
+// name in sorted order, the lines lines[name](pub) of a fresh client key,
+// and returns the server and each key's path.
 func keyRulesServer(t *testing.T, lines map[string]func(pub string) string) (*server, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
 	keys := map[string]string{}
 	var text strings.Builder
-	for name, f := range lines {
+	for _, name := range slices.Sorted(maps.Keys(lines)) {
 		k := newKey(t, dir, name)
 		pub, _ := os.ReadFile(k + ".pub")
 		keys[name] = k
-		text.WriteString(f(strings.TrimSpace(string(pub))))
+		text.WriteString(lines[name](strings.TrimSpace(string(pub))))
 	}
 	ak := filepath.Join(dir, "authorized_keys")
 	if err := os.WriteFile(ak, []byte(text.String()), 0o644); err != nil {
