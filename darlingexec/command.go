@@ -236,14 +236,15 @@ func (l *Launcher) Env(req Request, session string) []string {
 	env := make([]string, 0, len(l.HostEnv)+len(req.Env)+5)
 	env = append(env, l.HostEnv...)
 	env = append(env, "DPREFIX="+l.Prefix)
+	if session != "" {
+		// Early, before what the client sent: the tracker reads only the
+		// start of a process's environment.
+		env = append(env, SessionVar+"="+session)
+	}
 	if req.User != "" {
 		env = append(env, "USER="+req.User, "LOGNAME="+req.User)
 	}
-	env = append(env, req.Env...)
-	if session != "" {
-		env = append(env, SessionVar+"="+session)
-	}
-	return env
+	return append(env, req.Env...)
 }
 
 // Check reports whether argv and environment fit Darling's messages, and

@@ -88,8 +88,8 @@ func exitCode(err error) int {
 func TestEnvFromScratch(t *testing.T) {
 	l := &Launcher{Prefix: "/var/lib/p", HostEnv: []string{"HOME=/root", "PATH=/usr/bin"}}
 	got := l.Env(Request{User: "root", Env: []string{"SSH_CONNECTION=a b c d", "TERM=xterm"}}, "abc")
-	want := []string{"HOME=/root", "PATH=/usr/bin", "DPREFIX=/var/lib/p", "USER=root", "LOGNAME=root",
-		"SSH_CONNECTION=a b c d", "TERM=xterm", SessionVar + "=abc"}
+	want := []string{"HOME=/root", "PATH=/usr/bin", "DPREFIX=/var/lib/p", SessionVar + "=abc", "USER=root", "LOGNAME=root",
+		"SSH_CONNECTION=a b c d", "TERM=xterm"}
 	if !slices.Equal(got, want) {
 		t.Errorf("env\n got %q\nwant %q", got, want)
 	}

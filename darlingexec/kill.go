@@ -285,8 +285,8 @@ type tracker struct {
 // seenProc is a process whose environment was read: its start time, and
 // the session its environment names ("" for none).
 type seenProc struct {
-	start   uint64
-	session string
+	start, env uint64 // proc's: the same process, and the same exec
+	session    string
 }
 
 func (t *tracker) add(ps *sessionProcs) {
@@ -348,17 +348,19 @@ func (t *tracker) look(fn func(all map[int]proc, seen map[int]seenProc)) {
 		t.seen = map[int]seenProc{}
 	}
 	for pid, sp := range t.seen {
-		if p, ok := all[pid]; !ok || p.start != sp.start {
+		if p, ok := all[pid]; !ok || p.start != sp.start || p.env != sp.env {
 			delete(t.seen, pid)
 		}
 	}
 	self := os.Getpid()
 	for pid, p := range all {
-		if sp, ok := t.seen[pid]; (ok && sp.start == p.start) || pid == self {
+		if _, ok := t.seen[pid]; ok || pid == self {
 			continue
 		}
-		sp := seenProc{start: p.start}
-		if env, err := t.rd.read("/proc/" + strconv.Itoa(pid) + "/environ"); err == nil {
+		// Read again after an exec: what was read between fork and
+		// exec was the parent's environment.
+		sp := seenProc{start: p.start, env: p.env}
+		if env, err := t.rd.readMax("/proc/"+strconv.Itoa(pid)+"/environ", maxEnviron); err == nil {
 			sp.session = sessionOf(env)
 		}
 		t.seen[pid] = sp
@@ -380,6 +382,10 @@ func startTime(pid int) uint64 {
 type proc struct {
 	ppid  int
 	start uint64
+	// env is the address of the process's environment: new with each
+	// exec, as the process gets a new memory map. A process read
+	// between fork and exec shows its parent's environment, or none.
+	env uint64
 }
 
 // procReader reads /proc files into one buffer it reuses: the tracker
@@ -387,7 +393,16 @@ type proc struct {
 type procReader struct{ buf []byte }
 
 // read returns the file's contents, valid until the next read.
-func (r *procReader) read(path string) ([]byte, error) {
+func (r *procReader) read(path string) ([]byte, error) { return r.readMax(path, 1<<30) }
+
+// maxEnviron bounds how much of a process's environment the tracker
+// reads: a session's process may hold megabytes there, and the tracker
+// reads every new process's. The marker comes early in what the launcher
+// is given (see Env), and a client's variables are bounded well below.
+const maxEnviron = 1 << 20
+
+// readMax is read for at most max bytes.
+func (r *procReader) readMax(path string, max int) ([]byte, error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -401,7 +416,11 @@ func (r *procReader) read(path string) ([]byte, error) {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)]
 		}
-		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if len(b) >= max {
+			r.buf = b
+			return b[:max], nil
+		}
+		n, err := unix.Read(fd, b[len(b):min(cap(b), max)])
 		if err == unix.EINTR {
 			continue
 		}
@@ -456,10 +475,10 @@ func parseStat(b []byte) (proc, bool) {
 		return proc{}, false
 	}
 	// Field 0 is the state, 1 the ppid, 19 the start time (field 22 of
-	// the line).
-	var state, ppid, start []byte
+	// the line), 47 where the environment starts (field 50).
+	var state, ppid, start, envStart []byte
 	rest := b[i+2:]
-	for k := 0; k <= 19 && len(rest) > 0; k++ {
+	for k := 0; k <= 47 && len(rest) > 0; k++ {
 		j := bytes.IndexByte(rest, ' ')
 		if j < 0 {
 			j = len(rest)
@@ -472,6 +491,8 @@ func parseStat(b []byte) (proc, bool) {
 			ppid = f
 		case 19:
 			start = f
+		case 47:
+			envStart = f
 		}
 		rest = rest[min(j+1, len(rest)):]
 	}
@@ -483,7 +504,8 @@ func parseStat(b []byte) (proc, bool) {
 	if err1 != nil || err2 != nil {
 		return proc{}, false
 	}
-	return proc{ppid: pp, start: st}, true
+	env, _ := strconv.ParseUint(string(envStart), 10, 64) // 0 if hidden or absent
+	return proc{ppid: pp, start: st, env: env}, true
 }
 
 // sessionOf returns the session marker's value in a NUL-separated

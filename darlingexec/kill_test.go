@@ -2,7 +2,10 @@ package darlingexec
 
 import (
 	"errors"
+	"fmt"
 	"os/exec"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -98,4 +101,60 @@ func TestSignalProcGone(t *testing.T) {
 	if err := signalProc(pid, start, unix.SIGKILL); err == nil {
 		t.Error("a reaped process was signalled")
 	}
+}
+
+// TestEnvironReadBounded: the tracker reads at most maxEnviron bytes of a
+// process's environment, however large it is.
+func TestEnvironReadBounded(t *testing.T) {
+	cmd := exec.Command("sleep", "60")
+	for i := range 12 {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("BIG%d=%s", i, strings.Repeat("x", 100<<10)))
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	var r procReader
+	var b []byte
+	var err error
+	// Start returns while the child's exec is still setting up its
+	// environment (it shows none yet): no event says when it is done.
+	for deadline := time.Now().Add(10 * time.Second); len(b) == 0 && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err = r.readMax(fmt.Sprintf("/proc/%d/environ", cmd.Process.Pid), maxEnviron)
+	}
+	if err != nil || len(b) != maxEnviron {
+		t.Fatalf("read %d bytes (%v), want %d of an environment of 1.2 MB", len(b), err, maxEnviron)
+	}
+}
+
+// TestTrackerRereadsAfterExec: a process the tracker saw before it
+// exec'd with the session's marker (as the shell Darling forks, seen
+// between its fork and its exec, shows its parent's environment) is the
+// session's once it has exec'd: the same pid and start time, a new
+// environment.
+func TestTrackerRereadsAfterExec(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "read x; exec env "+SessionVar+"=s1 sleep 60")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	pid := cmd.Process.Pid
+	var tr tracker
+	ps := newSessionProcs("s1", 0, 0)
+	if slices.Contains(tr.scan(ps), pid) {
+		t.Fatal("the shell, without the marker, taken for the session's")
+	}
+	in.Write([]byte("\n"))
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if slices.Contains(tr.scan(ps), pid) {
+			return
+		}
+	}
+	t.Error("the process that exec'd with the marker was never found")
 }
