@@ -73,3 +73,34 @@ func TestKeyRulesFirstLineWins(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyRulesFirstAllowingLine: a line whose from= or expiry-time refuses
+// the login is skipped, and the next line for the same key is used, as in
+// sshd; when every line refuses, the last refusal is logged.
+func TestKeyRulesFirstAllowingLine(t *testing.T) {
+	second := func(first string) func(string) string {
+		return func(pub string) string {
+			return first + `,command="echo first" ` + pub + "\n" + `command="echo second" ` + pub + "\n"
+		}
+	}
+	s, keys := keyRulesServer(t, map[string]func(string) string{
+		"fromfirst":    second(`from="10.0.0.0/8"`),
+		"expiredfirst": second(`expiry-time="20200101"`),
+		"localfirst":   second(`from="127.0.0.0/8"`),
+		"nonematch": func(pub string) string {
+			return `expiry-time="20200101" ` + pub + "\n" + `from="10.0.0.0/8" ` + pub + "\n"
+		},
+	})
+	for name, want := range map[string]string{"fromfirst": "second\n", "expiredfirst": "second\n", "localfirst": "first\n"} {
+		if out, errs, code := s.sshWith(keys[name], "dut", "echo asked"); out != want || code != 0 {
+			t.Errorf("key %s: %q (stderr %q, status %d), want %q", name, out, errs, code, want)
+		}
+	}
+	if out, _, code := s.sshWith(keys["nonematch"], "dut", "echo asked"); code == 0 {
+		t.Errorf("key nonematch logged in: %q", out)
+	}
+	// The keys' lines are in name order: nonematch's are 7 and 8.
+	if !s.logged("address not allowed by from= (line 8)") {
+		t.Error("the last refusal is not logged")
+	}
+}

@@ -228,14 +228,11 @@ func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool 
 	if !slices.Contains(s.opts.AllowUsers, ctx.User()) {
 		return refuse("user not allowed")
 	}
-	ak := s.keys.Load().Lookup(key)
-	switch {
-	case ak == nil:
-		return refuse("key not authorized")
-	case ak.Options.Expired(time.Now()):
-		return refuse(fmt.Sprintf("key expired (expiry-time, line %d)", ak.Line))
-	case !ak.Options.FromAllows(ctx.RemoteAddr()):
-		return refuse(fmt.Sprintf("address not allowed by from= (line %d)", ak.Line))
+	// As in OpenSSH, the first line for the key that allows the login
+	// decides (its command=, its restrictions).
+	ak, why := s.keys.Load().Match(key, ctx.RemoteAddr(), time.Now())
+	if ak == nil {
+		return refuse(why)
 	}
 	connOf(ctx).offer(key, ak)
 	// x/crypto checks a security key's touch against the Permissions this
