@@ -294,8 +294,8 @@ const gatePoll = 5 * time.Millisecond
 func (p *Process) moveMarked(cg *sessionCgroup) int {
 	moved := 0
 	for _, pid := range p.l.tracker.scan(p.procs) {
-		if pid == p.Pid() {
-			continue
+		if pid == p.Pid() || !inNestedPIDNamespace(pid) {
+			continue // ours, on the host: not the container's
 		}
 		start := p.procs.startOf(pid)
 		if err := cg.add(pid, start); err != nil {

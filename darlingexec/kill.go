@@ -69,9 +69,13 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	}
 }
 
-// kill SIGKILLs pids and, at once, all of the session's cgroup.
+// kill SIGKILLs pids and, at once, all of the session's cgroup, unless
+// a process from outside the container was found in it.
 func (s *sessionProcs) kill(pids []int) {
-	if s.cg != nil {
+	s.mu.Lock()
+	whole := s.cg != nil && !s.foreign
+	s.mu.Unlock()
+	if whole {
 		_ = s.cg.kill()
 	}
 	s.signal(pids, unix.SIGKILL)
@@ -95,12 +99,28 @@ func (s *sessionProcs) withCgroup(pids []int) []int {
 		if _, ok := s.known[pid]; ok || pid == s.protect {
 			continue
 		}
+		if !inNestedPIDNamespace(pid) {
+			// Only a session's own processes are moved in, and they all
+			// run in the container's PID namespace; a host process can
+			// only have been put there behind the server's back.
+			s.foreign = true
+			continue
+		}
 		if st := startTime(pid); st != 0 {
 			s.known[pid] = st
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// inNestedPIDNamespace reports whether pid lives in a PID namespace below
+// ours, as the container's processes do: its NSpid line has more pids
+// than ours.
+func inNestedPIDNamespace(pid int) bool {
+	theirs, err1 := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	ours, err2 := os.ReadFile("/proc/self/status")
+	return err1 == nil && err2 == nil && len(statusField(theirs, "NSpid:")) > len(statusField(ours, "NSpid:"))
 }
 
 // startOf returns the start time the session knows pid by, or 0.
@@ -192,6 +212,7 @@ type sessionProcs struct {
 	cg *sessionCgroup
 
 	mu      sync.Mutex
+	foreign bool           // a process of our PID namespace was in the cgroup
 	protect int            // the container's init: never ours
 	known   map[int]uint64 // pid -> start time: the session's
 }

@@ -1,0 +1,55 @@
+package darlingexec
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+)
+
+// TestCgroupSparesHostProcesses: a process of the host (our PID
+// namespace) found in a session's cgroup, which only a trick could have
+// put there, is neither signalled nor killed with the cgroup when the
+// session ends.
+func TestCgroupSparesHostProcesses(t *testing.T) {
+	cgs, err := FindCgroups()
+	if err != nil {
+		t.Skipf("no writable cgroup v2: %v", err)
+	}
+	defer cgs.Close()
+	cg, err := cgs.newSession("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := exec.Command("sleep", "60")
+	if err := host.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- host.Wait() }()
+	defer func() {
+		// Back where it came from, so that the cgroup can go.
+		_ = writeCgroupFile(filepath.Join(filepath.Dir(cgs.Dir()), "cgroup.procs"), strconv.Itoa(host.Process.Pid))
+		host.Process.Kill()
+		<-done
+		_ = cg.remove()
+	}()
+	if err := writeCgroupFile(filepath.Join(cg.dir, "cgroup.procs"), strconv.Itoa(host.Process.Pid)); err != nil {
+		t.Fatal(err)
+	}
+	l := &Launcher{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ps := newSessionProcs("test", 0, 0)
+	ps.cg = cg
+	l.killSession(context.Background(), ps, 0)
+	select {
+	case err := <-done:
+		t.Fatalf("the host process was killed with the session: %v", err)
+	default:
+	}
+	if !ps.foreign {
+		t.Error("the host process in the cgroup went unnoticed")
+	}
+}
