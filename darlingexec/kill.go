@@ -84,7 +84,10 @@ func (s *sessionProcs) kill(pids []int) {
 // gone reports whether none of pids is left, nor any process in the
 // session's cgroup.
 func (s *sessionProcs) gone(pids []int) bool {
-	return len(pids) == 0 && (s.cg == nil || !s.cg.populated())
+	s.mu.Lock()
+	foreign := s.foreign // then the cgroup stays populated
+	s.mu.Unlock()
+	return len(pids) == 0 && (s.cg == nil || foreign || !s.cg.populated())
 }
 
 // withCgroup adds the processes in the session's cgroup to pids, and to
