@@ -121,7 +121,7 @@ func TestGeneratedCommandLines(t *testing.T) {
 		}
 	}
 	for k, v := range map[string]string{"Type": "notify", "KillMode": "mixed", "Restart": "on-failure",
-		"StateDirectory": "darling-sshd darling-builder", "TimeoutStopSec": "45s"} {
+		"StateDirectory": "darling-sshd darling-builder", "TimeoutStopSec": "45s", "Delegate": "yes", "ProtectControlGroups": ""} {
 		if keys[k] != v {
 			t.Errorf("unit %s=%q, want %q", k, keys[k], v)
 		}

@@ -204,8 +204,11 @@ in
         ProtectSystem = "full";
         ProtectHome = "read-only";
         ProtectKernelModules = true;
-        ProtectControlGroups = true;
         RestrictRealtime = true;
+        # Each session gets a cgroup of its own below the service's, so
+        # that nothing a session starts outlives it: the service manages
+        # its cgroup subtree, which must stay writable.
+        Delegate = true;
       };
     };
 
