@@ -3,8 +3,12 @@ package sshserver
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // MaxStartups is sshd's MaxStartups start:rate:full: past start
@@ -59,4 +63,67 @@ func (m MaxStartups) drop(n int, r func(int) int) bool {
 		p += (100 - m.Rate) * (n - m.Start) / (m.Full - m.Start)
 	}
 	return r(100) < p
+}
+
+// sources counts unauthenticated connections by source, for
+// PerSourceMaxStartups (sshd's PerSourceMaxStartups): a source at its
+// limit has its new connections dropped, so that one source cannot
+// crowd the others out of MaxStartups. The zero value is ready to use.
+type sources struct {
+	mu sync.Mutex
+	n  map[netip.Prefix]int // sources with a connection counted; none at 0
+}
+
+// sourceOf returns the source a connection from remote counts under: an
+// IPv4 address (/32), or the /64 of an IPv6 address, since one host can
+// take any address in its /64 (sshd counts each address unless
+// PerSourceNetBlockSize says otherwise). It is the zero Prefix for an
+// address the limit does not apply to: not TCP, or loopback (127.0.0.0/8,
+// ::1) when exemptLoopback.
+func sourceOf(remote net.Addr, exemptLoopback bool) netip.Prefix {
+	a, ok := remote.(*net.TCPAddr)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ip := a.AddrPort().Addr().Unmap().WithZone("")
+	if !ip.IsValid() || (exemptLoopback && ip.IsLoopback()) {
+		return netip.Prefix{}
+	}
+	bits := 64
+	if ip.Is4() {
+		bits = 32
+	}
+	p, _ := ip.Prefix(bits)
+	return p
+}
+
+// enter counts a new connection from src and returns true, unless src
+// has limit counted already: then it returns false and counts nothing.
+func (s *sources) enter(src netip.Prefix, limit int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[src] >= limit {
+		return false
+	}
+	if s.n == nil {
+		s.n = map[netip.Prefix]int{}
+	}
+	s.n[src]++
+	return true
+}
+
+// leave counts a connection from src out.
+func (s *sources) leave(src netip.Prefix) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[src]--; s.n[src] <= 0 {
+		delete(s.n, src)
+	}
+}
+
+// counted returns the number of connections counted for each source.
+func (s *sources) counted() map[netip.Prefix]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.n)
 }
