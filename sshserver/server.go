@@ -42,6 +42,7 @@ type Server struct {
 	home string
 	// unauthed counts connections that have not logged in.
 	unauthed atomic.Int64
+	sources  sources // unauthenticated connections by source (PerSourceMaxStartups)
 	rand     func(int) int
 	// execSlots bounds running exec sessions (--max-exec); nil: no bound.
 	execSlots chan struct{}
