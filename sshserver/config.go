@@ -32,6 +32,12 @@ type Options struct {
 	MaxExec            int           // exec sessions running at once; 0: no limit
 	KeepaliveInterval  time.Duration // 0: no keepalives
 	KeepaliveCountMax  int           // unanswered keepalives before the connection is closed
+	// PerSourceMaxStartups limits the unauthenticated connections from
+	// one source, an IPv4 address or an IPv6 /64 (0: no limit), so that
+	// one source cannot crowd out the others; PerSourceExemptLoopback
+	// lifts it for 127.0.0.0/8 and ::1.
+	PerSourceMaxStartups    int
+	PerSourceExemptLoopback bool
 	// SessionCgroups is "auto" (a cgroup per session where a writable
 	// cgroup v2 hierarchy is found) or "off" (the marker and parentage
 	// tracker only).
@@ -74,6 +80,11 @@ func DefaultOptions() Options {
 		SessionCgroups:     "auto",
 		KnownHostsOut:      "/var/lib/darling-sshd/known_hosts",
 		HostAlias:          "darling-builder",
+
+		// Half of MaxStartups' start: one source alone never starts the
+		// random early drop, and 32 logins at once from one host (the Nix
+		// daemon's parallel builds) all pass; with 10, 22 of 32 did not.
+		PerSourceMaxStartups: 32,
 	}
 }
 
@@ -110,7 +121,7 @@ func (o *Options) Validate() error {
 		flag   string
 		v, min int
 	}{{"max-auth-tries", o.MaxAuthTries, 1}, {"max-sessions", o.MaxSessions, 1}, {"max-exec", o.MaxExec, 0},
-		{"keepalive-count-max", o.KeepaliveCountMax, 1}} {
+		{"keepalive-count-max", o.KeepaliveCountMax, 1}, {"per-source-max-startups", o.PerSourceMaxStartups, 0}} {
 		if n.v < n.min {
 			return bad(n.flag, fmt.Sprintf("must be at least %d", n.min))
 		}

@@ -3,6 +3,7 @@ package sshserver
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,8 +23,9 @@ type conn struct {
 	remote string
 	nc     net.Conn
 
-	loginTimer *time.Timer // the login grace; stopped at login
-	unauthed   sync.Once   // counted out of the unauthenticated connections
+	loginTimer *time.Timer  // the login grace; stopped at login
+	unauthed   sync.Once    // counted out of the unauthenticated connections
+	source     netip.Prefix // what Server.sources counts it under; zero: not counted there
 
 	mu       sync.Mutex
 	user     string                         // the name it tried to log in as
@@ -50,25 +52,50 @@ func connOf(ctx gliderssh.Context) *conn {
 	return c
 }
 
-// connCallback admits a connection (MaxStartups), keeps its state in its
+// connCallback admits a connection (see admit), keeps its state in its
 // context and starts its login grace time: a connection that has not
 // logged in by then is closed, as sshd's LoginGraceTime does. A timer,
 // not a deadline: gliderlabs resets the conn's deadlines on every read
 // and write.
 func (s *Server) connCallback(ctx gliderssh.Context, nc net.Conn) net.Conn {
 	remote := nc.RemoteAddr().String()
-	if n := s.unauthed.Add(1); s.opts.MaxStartups.drop(int(n)-1, s.rand) {
-		s.unauthed.Add(-1)
-		s.log.Info("connection dropped", "reason", "too many unauthenticated connections (max-startups)",
-			"remote", remote, "unauthenticated", n-1)
+	src, ok := s.admit(nc.RemoteAddr())
+	if !ok {
 		return nil
 	}
 	s.trim.opened(ctx)
-	c := &conn{s: s, remote: remote, nc: nc, offered: map[string]*auth.AuthorizedKey{}}
+	c := &conn{s: s, remote: remote, nc: nc, source: src, offered: map[string]*auth.AuthorizedKey{}}
 	ctx.SetValue(connKey{}, c)
 	c.loginTimer = time.AfterFunc(s.opts.LoginGraceTime, c.loginGraceOver)
 	context.AfterFunc(ctx, c.closed)
 	return nc
+}
+
+// admit decides whether a new connection from ra may try to log in:
+// PerSourceMaxStartups first, so that a source at its limit takes no
+// share of MaxStartups, then MaxStartups' random early drop. An admitted
+// connection counts against both until it logs in or closes
+// (conn.leaveUnauthed); src is what it counts under by source, the zero
+// Prefix if it does not.
+func (s *Server) admit(ra net.Addr) (src netip.Prefix, ok bool) {
+	if limit := s.opts.PerSourceMaxStartups; limit > 0 {
+		src = sourceOf(ra, s.opts.PerSourceExemptLoopback)
+		if src.IsValid() && !s.sources.enter(src, limit) {
+			s.log.Info("connection dropped", "reason", "too many unauthenticated connections from this source (per-source-max-startups)",
+				"remote", ra.String(), "source", src, "unauthenticated", limit)
+			return netip.Prefix{}, false
+		}
+	}
+	if n := s.unauthed.Add(1); s.opts.MaxStartups.drop(int(n)-1, s.rand) {
+		s.unauthed.Add(-1)
+		if src.IsValid() {
+			s.sources.leave(src)
+		}
+		s.log.Info("connection dropped", "reason", "too many unauthenticated connections (max-startups)",
+			"remote", ra.String(), "unauthenticated", n-1)
+		return netip.Prefix{}, false
+	}
+	return src, true
 }
 
 func (c *conn) loginGraceOver() {
@@ -82,8 +109,17 @@ func (c *conn) loginGraceOver() {
 	}
 }
 
-// leaveUnauthed counts the connection out of the unauthenticated ones, once.
-func (c *conn) leaveUnauthed() { c.unauthed.Do(func() { c.s.unauthed.Add(-1) }) }
+// leaveUnauthed counts the connection out of the unauthenticated ones,
+// and out of its source's, once: at login, or at close if it never
+// logged in.
+func (c *conn) leaveUnauthed() {
+	c.unauthed.Do(func() {
+		c.s.unauthed.Add(-1)
+		if c.source.IsValid() {
+			c.s.sources.leave(c.source)
+		}
+	})
+}
 
 // closed runs once the connection has closed: it stops its timers and
 // logs a login that never succeeded.

@@ -137,6 +137,8 @@ func serve(args []string, stderr io.Writer) int {
 	fs.DurationVar(&o.WarmTimeout, "warm-timeout", d.WarmTimeout, "how long warming the prefix may take")
 	fs.DurationVar(&o.LoginGraceTime, "login-grace-time", d.LoginGraceTime, "a connection that has not logged in by then is closed")
 	maxStartups := fs.String("max-startups", fmt.Sprintf("%d:%d:%d", d.MaxStartups.Start, d.MaxStartups.Rate, d.MaxStartups.Full), "unauthenticated connections: start:rate:full, as sshd's MaxStartups")
+	fs.IntVar(&o.PerSourceMaxStartups, "per-source-max-startups", d.PerSourceMaxStartups, "unauthenticated connections one source (an IPv4 address or IPv6 /64) may have at once; more are dropped, so that one source cannot crowd out the others. The default, half of max-startups' start, lets 32 logins at once from one host (the Nix daemon's parallel builds) through (0: no limit)")
+	fs.BoolVar(&o.PerSourceExemptLoopback, "per-source-exempt-loopback", d.PerSourceExemptLoopback, "no per-source limit for 127.0.0.0/8 and ::1 (a local proxy or Nix daemon that opens many connections at once)")
 	fs.IntVar(&o.MaxAuthTries, "max-auth-tries", d.MaxAuthTries, "authentication attempts per connection")
 	fs.IntVar(&o.MaxSessions, "max-sessions", d.MaxSessions, "sessions open at once per connection")
 	fs.IntVar(&o.MaxExec, "max-exec", d.MaxExec, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
