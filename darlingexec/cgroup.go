@@ -3,6 +3,7 @@ package darlingexec
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -252,38 +253,53 @@ func readBounded(path string, n int64) ([]byte, error) {
 	return io.ReadAll(io.LimitReader(f, n))
 }
 
-// enterCgroup makes the session's cgroup, moves the session's processes
-// (its script's shell, waiting at the gate, and what started it in the
-// container) into it, then sends the line the gate waits for. Darling
-// starts them in its container, so they are found by the session marker
-// in their environment. If none shows up while the launcher runs, or the
-// cgroup cannot be made, the session goes on without one, with the
-// tracker as its only net, and the log says so.
-func (p *Process) enterCgroup(id string) {
-	defer p.Stdin.Write([]byte("\n"))
+// openGate makes the session's cgroup and, in a goroutine, moves the
+// session's processes (its script's shell, waiting at the gate, and what
+// started it in the container) into it, then sends the line the gate
+// waits for; the client's stdin waits until then. Darling starts them in
+// its container, so they are found by the session marker in their
+// environment. Start does not wait: a launcher that hangs must not hold
+// up the session, which ends it like any other. If no process shows up
+// while the launcher runs, or the cgroup cannot be made, the session goes
+// on without one, with the tracker as its only net, and the log says so.
+func (p *Process) openGate(id string) {
+	gate, stop := make(chan struct{}), make(chan struct{})
+	p.Stdin.gate, p.gateStop = gate, stop
 	cg, err := p.l.Cgroups.newSession(id)
 	if err != nil {
 		p.l.Log.Warn("session without a cgroup", "err", err)
-		return
+	} else {
+		p.procs.cg = cg
 	}
-	p.procs.cg = cg
+	go func() {
+		defer close(gate)
+		if cg != nil && !p.enterCgroup(cg, stop) {
+			return
+		}
+		_, _ = p.Stdin.w.Write([]byte("\n"))
+	}()
+}
+
+// enterCgroup moves the session's processes into cg, once they show up.
+// It reports false if the session ended first.
+func (p *Process) enterCgroup(cg *sessionCgroup, stop <-chan struct{}) bool {
 	deadline := time.Now().Add(p.l.WarmTimeout)
 	tick := time.NewTicker(gatePoll)
 	defer tick.Stop()
-	for {
-		if moved := p.moveMarked(cg); moved > 0 {
-			return
-		}
+	for p.moveMarked(cg) == 0 {
 		select {
 		case <-p.done:
-			return
+			return false
+		case <-stop:
+			return false
 		case <-tick.C:
 		}
 		if time.Now().After(deadline) {
 			p.l.Log.Warn("no process of the session showed up in the container; it runs without a cgroup's hold", "pid", p.Pid())
-			return
+			return true
 		}
 	}
+	return true
 }
 
 // gatePoll is how often enterCgroup looks for the session's processes.
@@ -305,4 +321,46 @@ func (p *Process) moveMarked(cg *sessionCgroup) int {
 		moved++
 	}
 	return moved
+}
+
+// waitEmpty waits until no process is left in the cgroup, for at most d
+// or until ctx is done, and reports whether it is empty. The kernel says
+// so by modifying cgroup.events ("populated 0"), watched with inotify: no
+// walk of /proc, however many processes the session has.
+func (sc *sessionCgroup) waitEmpty(ctx context.Context, d time.Duration) bool {
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		return sc.pollEmpty(ctx, d)
+	}
+	f := os.NewFile(uintptr(fd), "inotify")
+	defer f.Close()
+	if _, err := unix.InotifyAddWatch(fd, filepath.Join(sc.dir, "cgroup.events"), unix.IN_MODIFY); err != nil {
+		return sc.pollEmpty(ctx, d)
+	}
+	deadline := time.Now().Add(d)
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, 4096)
+	for sc.populated() {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		_ = f.SetReadDeadline(deadline)
+		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return sc.pollEmpty(ctx, time.Until(deadline))
+		}
+	}
+	return true
+}
+
+// pollEmpty is waitEmpty without inotify.
+func (sc *sessionCgroup) pollEmpty(ctx context.Context, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for sc.populated() {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pollEvery)
+	}
+	return true
 }

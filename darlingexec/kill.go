@@ -31,6 +31,10 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	}
 	l.Log.Debug("ending session processes", "count", len(pids), "pids", pids)
 	ps.signal(pids, unix.SIGHUP)
+	if ps.whole() {
+		l.endCgroup(ctx, ps, grace)
+		return
+	}
 	hupDeadline := time.Now().Add(grace)
 	var killDeadline time.Time
 	// Known processes are checked often, cheaply; the whole of /proc (for
@@ -69,13 +73,53 @@ func (l *Launcher) killSession(ctx context.Context, ps *sessionProcs, grace time
 	}
 }
 
+// endCgroup ends a session whose processes are all in its cgroup but
+// the launcher (ours, which exits with its command): it waits for the
+// cgroup to empty, SIGKILLs it whole after grace, and waits again.
+func (l *Launcher) endCgroup(ctx context.Context, ps *sessionProcs, grace time.Duration) {
+	wait := grace
+	for round := range 2 {
+		if ps.cg.waitEmpty(ctx, wait) && ps.outsideGone(ctx, wait) {
+			return
+		}
+		if ctx.Err() != nil || round == 1 {
+			break
+		}
+		l.Log.Debug("session processes survived SIGHUP; SIGKILL", "cgroup", ps.cg.dir)
+		ps.kill(ps.withCgroup(ps.alive()))
+		wait = afterKill
+	}
+	ps.kill(ps.withCgroup(ps.alive()))
+	if ctx.Err() == nil {
+		l.Log.Warn("session processes survive SIGKILL", "cgroup", ps.cg.dir, "pids", ps.alive())
+	}
+}
+
+// outsideGone waits, for at most d, until the session's known processes
+// outside its cgroup (its launcher) are gone.
+func (s *sessionProcs) outsideGone(ctx context.Context, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for len(s.alive()) > 0 {
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(pollEvery)
+	}
+	return true
+}
+
+// whole reports whether the session's processes are in a cgroup that
+// holds only them: then the cgroup, not /proc, says when they are gone.
+func (s *sessionProcs) whole() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cg != nil && !s.foreign
+}
+
 // kill SIGKILLs pids and, at once, all of the session's cgroup, unless
 // a process from outside the container was found in it.
 func (s *sessionProcs) kill(pids []int) {
-	s.mu.Lock()
-	whole := s.cg != nil && !s.foreign
-	s.mu.Unlock()
-	if whole {
+	if s.whole() {
 		_ = s.cg.kill()
 	}
 	s.signal(pids, unix.SIGKILL)

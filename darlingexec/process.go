@@ -49,6 +49,9 @@ type Process struct {
 	ended   atomic.Bool
 	endOnce sync.Once
 	usage   Usage // from the session's cgroup, once ended
+	// gateStop, if set, stops the goroutine that opens the script's gate
+	// (see openGate).
+	gateStop chan struct{}
 }
 
 // newSessionID returns a random marker value for a session.
@@ -92,7 +95,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 // the session's cgroup (see enterCgroup).
 func (p *Process) entered(s session, err error) (*Process, error) {
 	if err == nil && s.gate != "" {
-		p.enterCgroup(s.id)
+		p.openGate(s.id)
 	}
 	return p, err
 }
@@ -341,6 +344,10 @@ func (p *Process) Sweep(ctx context.Context) {
 // endSession closes stdin, ends the session's processes, and reads its
 // cgroup's usage before it removes the cgroup.
 func (p *Process) endSession(ctx context.Context, grace time.Duration) {
+	if p.gateStop != nil {
+		close(p.gateStop)
+		<-p.Stdin.gate
+	}
 	p.Stdin.Close()
 	p.l.killSession(ctx, p.procs, grace)
 	if cg := p.procs.cg; cg != nil {

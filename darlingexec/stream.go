@@ -166,10 +166,22 @@ func (o *Output) readPooled(rc syscall.RawConn, burst bool) (buf *[]byte, n int,
 type Input struct {
 	w    io.WriteCloser
 	bufs *buffers
+	// gate, if set, is closed once the script's gate line has gone
+	// through w: the client's bytes wait for it.
+	gate <-chan struct{}
 }
 
 // Write writes to the command's stdin.
-func (in *Input) Write(p []byte) (int, error) { return in.w.Write(p) }
+func (in *Input) Write(p []byte) (int, error) {
+	in.waitGate()
+	return in.w.Write(p)
+}
+
+func (in *Input) waitGate() {
+	if in.gate != nil {
+		<-in.gate
+	}
+}
 
 // Close is the command's EOF; on a terminal it does nothing, since the
 // terminal is also the command's output.
@@ -179,6 +191,7 @@ func (in *Input) Close() error { return in.w.Close() }
 // it waits with a small buffer; once a read fills that, a burst is on and
 // a pooled buffer carries it, until a read shows the burst is over.
 func (in *Input) ReadFrom(r io.Reader) (int64, error) {
+	in.waitGate()
 	quiet := make([]byte, quietBuffer)
 	buf := quiet
 	var big *[]byte

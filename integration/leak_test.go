@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -41,8 +42,16 @@ func TestSessionsLeaveNothing(t *testing.T) {
 	for range 20 {
 		round()
 	}
-	if !waitFor(30*time.Second, func() bool { return len(sessionProcs()) == 0 && len(childrenOf(s.cmd.Process.Pid)) == 0 }) {
-		t.Errorf("left running: session processes %v, launchers %v", sessionProcs(), childrenOf(s.cmd.Process.Pid))
+	launchd := launchdOf(t, containerPidOf(s.prefix))
+	if !waitFor(30*time.Second, func() bool {
+		return len(sessionProcs(launchd)) == 0 && len(childrenOf(s.cmd.Process.Pid)) == 0
+	}) {
+		var left []string
+		for _, pid := range append(sessionProcs(launchd), childrenOf(s.cmd.Process.Pid)...) {
+			cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			left = append(left, fmt.Sprintf("%d %q", pid, cl))
+		}
+		t.Errorf("left running: %v", left)
 	}
 	if !waitFor(30*time.Second, func() bool { return pprofGoroutines(t, pprofAddr) <= g0 }) {
 		t.Errorf("goroutines: %d, %d after the first round", pprofGoroutines(t, pprofAddr), g0)
@@ -125,8 +134,11 @@ func killedLauncher(t *testing.T, s *server, c *gossh.Client) {
 	_ = sess.Wait()
 }
 
-// sessionProcs lists the live processes that carry a session marker.
-func sessionProcs() []int {
+// sessionProcs lists the live processes that carry a session marker in
+// the PID namespace of the container whose launchd is given: the
+// sessions of one server (other tests run servers of their own).
+func sessionProcs(launchd int) []int {
+	ns, _ := os.Readlink("/proc/" + strconv.Itoa(launchd) + "/ns/pid")
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -135,7 +147,8 @@ func sessionProcs() []int {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err == nil && bytes.Contains(env, []byte("DARLING_SSHD_SESSION=")) && alive(pid) {
+		theirs, _ := os.Readlink("/proc/" + e.Name() + "/ns/pid")
+		if err == nil && theirs == ns && bytes.Contains(env, []byte("DARLING_SSHD_SESSION=")) && alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
