@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
 	"strconv"
 	"syscall"
 	"testing"
@@ -136,17 +135,7 @@ func TestLauncherKilled(t *testing.T) {
 	if err := sess.Start("sleep " + d); err != nil {
 		t.Fatal(err)
 	}
-	var launcher int
-	if !waitFor(time.Minute, func() bool {
-		m := regexp.MustCompile(`msg="exec started" .* pid=(\d+) command="sleep ` + d + `"`).FindStringSubmatch(s.log.String())
-		if m == nil || len(procsWithArgs("sleep", d)) != 1 {
-			return false
-		}
-		launcher, _ = strconv.Atoi(m[1])
-		return true
-	}) {
-		t.Fatal("session never started")
-	}
+	launcher := s.launcherOfSleep(t, d)
 	if err := syscall.Kill(launcher, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

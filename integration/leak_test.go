@@ -116,6 +116,17 @@ func killedLauncher(t *testing.T, s *server, c *gossh.Client) {
 	if err := sess.Start("sleep " + d); err != nil {
 		t.Fatal(err)
 	}
+	launcher := s.launcherOfSleep(t, d)
+	if err := syscall.Kill(launcher, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = sess.Wait()
+}
+
+// launcherOfSleep waits for `sleep d` to run in a session and returns
+// that session's launcher, as the server logged it.
+func (s *server) launcherOfSleep(t *testing.T, d string) int {
+	t.Helper()
 	started := regexp.MustCompile(`msg="exec started" .* pid=(\d+) command="sleep ` + d + `"`)
 	var launcher int
 	if !waitFor(time.Minute, func() bool {
@@ -128,10 +139,7 @@ func killedLauncher(t *testing.T, s *server, c *gossh.Client) {
 	}) {
 		t.Fatal("session never started")
 	}
-	if err := syscall.Kill(launcher, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = sess.Wait()
+	return launcher
 }
 
 // sessionProcs lists the live processes that carry a session marker in
