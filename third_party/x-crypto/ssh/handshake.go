@@ -31,6 +31,11 @@ const chanSize = 16
 // * maxPacket bytes, which is ~16.8MB.
 const maxPendingPackets = 64
 
+// maxReadAheadBytes bounds the packets readLoop reads ahead of the
+// connection layer while a KEXINIT of ours waits for the peer's: as much
+// as writePacket queues while waiting for a key exchange.
+const maxReadAheadBytes = maxPendingPackets * maxPacket
+
 // keyingTransport is a packet based transport that supports key
 // changes. It need not be thread-safe. It should pass through
 // msgNewKeys in both directions.
@@ -87,6 +92,10 @@ type handshakeTransport struct {
 	writeError     error
 	sentInitPacket []byte
 	sentInitMsg    *kexInitMsg
+	// awaitingKexInit is set with sentInitMsg, without the mutex, for
+	// readLoop; kexInitSent wakes readLoop when it is set. See deliver.
+	awaitingKexInit atomic.Bool
+	kexInitSent     chan struct{}
 	// Used to queue writes when a key exchange is in progress. The length is
 	// limited by pendingPacketsSize. Once full, writes will block until the key
 	// exchange is completed or an error occurs. If not empty, it is emptied
@@ -145,6 +154,7 @@ func newHandshakeTransport(conn keyingTransport, config *Config, clientVersion, 
 		requestKex:    make(chan struct{}, 1),
 		startKex:      make(chan *pendingKex),
 		kexLoopDone:   make(chan struct{}),
+		kexInitSent:   make(chan struct{}, 1),
 
 		config: config,
 	}
@@ -235,11 +245,23 @@ func (t *handshakeTransport) readPacket() ([]byte, error) {
 
 func (t *handshakeTransport) readLoop() {
 	first := true
+	var ahead readAhead
 	for {
+		if ahead.len() > 0 {
+			t.deliver(&ahead)
+		}
 		p, err := t.readOnePacket(first)
 		first = false
 		if err != nil {
 			t.readError = err
+			if ahead.len() > 0 {
+				// The KEXINIT the writers may wait for will not come:
+				// stop them before handing over what was read.
+				t.recordWriteError(err)
+				for ahead.len() > 0 {
+					t.incoming <- ahead.pop()
+				}
+			}
 			close(t.incoming)
 			break
 		}
@@ -249,7 +271,14 @@ func (t *handshakeTransport) readLoop() {
 		if !(t.sessionID == nil && t.strictMode) && (p[0] == msgIgnore || p[0] == msgDebug) {
 			continue
 		}
-		t.incoming <- p
+		if ahead.len() == 0 {
+			select {
+			case t.incoming <- p:
+				continue
+			default:
+			}
+		}
+		ahead.push(p)
 	}
 
 	// Stop writers too.
@@ -259,6 +288,62 @@ func (t *handshakeTransport) readLoop() {
 	close(t.startKex)
 
 	// Don't close t.requestKex; it's also written to from writePacket.
+}
+
+// readAhead holds the packets readLoop has read but not yet handed to
+// t.incoming, in order.
+type readAhead struct {
+	packets [][]byte
+	head    int
+	bytes   int
+}
+
+func (q *readAhead) len() int { return len(q.packets) - q.head }
+
+func (q *readAhead) push(p []byte) {
+	q.packets = append(q.packets, p)
+	q.bytes += len(p)
+}
+
+func (q *readAhead) pop() []byte {
+	p := q.packets[q.head]
+	q.packets[q.head] = nil
+	q.head++
+	q.bytes -= len(p)
+	if q.head == len(q.packets) {
+		q.packets, q.head = q.packets[:0], 0
+	}
+	return p
+}
+
+// deliver hands the packets read ahead to t.incoming, in order. Like
+// readLoop always did, it waits for the reader of t.incoming, except while
+// a KEXINIT of ours waits for the peer's and less than maxReadAheadBytes
+// are read ahead: then it returns once t.incoming is full, and readLoop
+// reads on, handing the rest over after the next packet (the peer owes us
+// a KEXINIT). That key exchange completes only once readLoop reads the
+// peer's KEXINIT, and the reader, the mux loop, may wait for it to
+// complete: writePacket makes writers wait once maxPendingPackets are
+// queued, and the mux loop writes, such as the reply to a channel close,
+// after taking the channel's writeMu, which a writer waiting for the key
+// exchange may hold. Had readLoop waited for the mux loop, a KEXINIT
+// behind more than chanSize packets would never have been read.
+func (t *handshakeTransport) deliver(q *readAhead) {
+	for q.len() > 0 {
+		select {
+		case t.incoming <- q.packets[q.head]:
+		default:
+			if t.awaitingKexInit.Load() && q.bytes < maxReadAheadBytes {
+				return
+			}
+			select {
+			case t.incoming <- q.packets[q.head]:
+			case <-t.kexInitSent:
+				continue
+			}
+		}
+		q.pop()
+	}
 }
 
 func (t *handshakeTransport) pushPacket(p []byte) error {
@@ -350,6 +435,7 @@ write:
 		t.writeError = err
 		t.sentInitPacket = nil
 		t.sentInitMsg = nil
+		t.awaitingKexInit.Store(false)
 
 		t.resetWriteThresholds()
 
@@ -571,6 +657,11 @@ func (t *handshakeTransport) sendKexInit() error {
 
 	t.sentInitMsg = msg
 	t.sentInitPacket = packet
+	t.awaitingKexInit.Store(true)
+	select {
+	case t.kexInitSent <- struct{}{}:
+	default:
+	}
 
 	return nil
 }
