@@ -48,6 +48,7 @@ func FindCgroups() (*Cgroups, error) {
 	c := &Cgroups{dir: own}
 	if rel == "/" {
 		c.dir, c.created = filepath.Join(own, "darling-sshd."+strconv.Itoa(os.Getpid())), true
+		os.Remove(c.dir) // an empty one a killed server of the same pid left
 		if err := os.Mkdir(c.dir, 0o755); err != nil {
 			return nil, fmt.Errorf("make %s: %w", c.dir, err)
 		}
@@ -286,7 +287,8 @@ func (p *Process) enterCgroup(cg *sessionCgroup, stop <-chan struct{}) bool {
 	deadline := time.Now().Add(p.l.WarmTimeout)
 	tick := time.NewTicker(gatePoll)
 	defer tick.Stop()
-	for p.moveMarked(cg) == 0 {
+	moved := map[int]bool{}
+	for p.moveMarked(cg, moved) == 0 {
 		select {
 		case <-p.done:
 			return false
@@ -299,28 +301,41 @@ func (p *Process) enterCgroup(cg *sessionCgroup, stop <-chan struct{}) bool {
 			return true
 		}
 	}
+	// A process forked between the scan and the move started outside:
+	// scan again until a whole scan finds none of the session's left out.
+	for range maxGatePasses {
+		if p.moveMarked(cg, moved) == 0 {
+			break
+		}
+	}
+	p.procs.setHeld()
 	return true
 }
 
 // gatePoll is how often enterCgroup looks for the session's processes.
 const gatePoll = 5 * time.Millisecond
 
-// moveMarked moves the session's known processes, but its launcher (ours,
-// on the host), into cg and returns how many it moved.
-func (p *Process) moveMarked(cg *sessionCgroup) int {
-	moved := 0
+// maxGatePasses bounds the scans after the first move: a session that
+// forks faster than they run is still held from the next one on.
+const maxGatePasses = 8
+
+// moveMarked moves the session's known processes not yet moved, but its
+// launcher (ours, on the host), into cg and returns how many it moved.
+func (p *Process) moveMarked(cg *sessionCgroup, moved map[int]bool) int {
+	n := 0
 	for _, pid := range p.l.tracker.scan(p.procs) {
-		if pid == p.Pid() || !inNestedPIDNamespace(pid) {
-			continue // ours, on the host: not the container's
+		if moved[pid] || pid == p.Pid() || !inNestedPIDNamespace(pid) {
+			continue // done, or ours on the host: not the container's
 		}
 		start := p.procs.startOf(pid)
 		if err := cg.add(pid, start); err != nil {
 			p.l.Log.Debug("move into the session's cgroup", "pid", pid, "err", err)
 			continue
 		}
-		moved++
+		moved[pid] = true
+		n++
 	}
-	return moved
+	return n
 }
 
 // waitEmpty waits until no process is left in the cgroup, for at most d
@@ -346,6 +361,9 @@ func (sc *sessionCgroup) waitEmpty(ctx context.Context, d time.Duration) bool {
 			return false
 		}
 		_ = f.SetReadDeadline(deadline)
+		if ctx.Err() != nil { // cancelled before the deadline above was set
+			return false
+		}
 		if _, err := f.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return sc.pollEmpty(ctx, time.Until(deadline))
 		}

@@ -113,7 +113,15 @@ func (s *sessionProcs) outsideGone(ctx context.Context, d time.Duration) bool {
 func (s *sessionProcs) whole() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.cg != nil && !s.foreign
+	return s.cg != nil && s.held && !s.foreign
+}
+
+// setHeld records that the session's processes were moved into its
+// cgroup; until then (and if they never were) the tracker keeps looking.
+func (s *sessionProcs) setHeld() {
+	s.mu.Lock()
+	s.held = true
+	s.mu.Unlock()
 }
 
 // kill SIGKILLs pids and, at once, all of the session's cgroup, unless
@@ -260,6 +268,7 @@ type sessionProcs struct {
 
 	mu      sync.Mutex
 	foreign bool           // a process of our PID namespace was in the cgroup
+	held    bool           // the session's processes were moved into cg
 	protect int            // the container's init: never ours
 	known   map[int]uint64 // pid -> start time: the session's
 }
