@@ -111,11 +111,8 @@ func cgroup2Mount() (string, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(io.LimitReader(f, maxMountinfo))
 	for sc.Scan() {
-		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS...] - FSTYPE SOURCE SUPER
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		fields, fs := strings.Fields(pre), strings.Fields(post)
-		if ok && len(fields) >= 5 && len(fs) > 0 && fs[0] == "cgroup2" {
-			return unescapeMountinfo(fields[4]), nil
+		if f, fs := splitMountinfo(sc.Text()); len(f) >= 5 && len(fs) > 0 && fs[0] == "cgroup2" {
+			return unescapeMountinfo(f[4]), nil
 		}
 	}
 	return "", errors.New("no cgroup v2 hierarchy is mounted")

@@ -295,15 +295,25 @@ func parentInOurPIDNamespace(ppid int) error {
 	if ppid == 0 {
 		return nil // adopted from outside our namespace: not a container's
 	}
-	theirs, err1 := os.ReadFile("/proc/" + strconv.Itoa(ppid) + "/status")
-	ours, err2 := os.ReadFile("/proc/self/status")
+	theirs, err1 := pidNamespaceDepth(strconv.Itoa(ppid))
+	ours, err2 := pidNamespaceDepth("self")
 	if err1 != nil || err2 != nil {
 		return fmt.Errorf("its parent's PID namespace: %w", errors.Join(err1, err2))
 	}
-	if len(statusField(theirs, "NSpid:")) != len(statusField(ours, "NSpid:")) {
+	if theirs != ours {
 		return fmt.Errorf("its parent %d lives in another PID namespace: it is a container's process, not darlingserver", ppid)
 	}
 	return nil
+}
+
+// pidNamespaceDepth returns how many PID namespaces the process proc (a
+// pid, or "self") is seen in: the pids on its NSpid line.
+func pidNamespaceDepth(proc string) (int, error) {
+	b, err := os.ReadFile("/proc/" + proc + "/status")
+	if err != nil {
+		return 0, err
+	}
+	return len(statusField(b, "NSpid:")), nil
 }
 
 // openProcDir opens /proc/<pid> as a handle that answers for that process
@@ -373,13 +383,25 @@ type mountInfo struct {
 // mountAt returns the topmost mount at path in a mountinfo; its id is 0
 // if there is none. Darling mounts an overlay there; the type is not
 // required, the mount is.
+// splitMountinfo splits a mountinfo line ("ID parent major:minor root
+// mountpoint options [optional…] - fstype source super") into its fields,
+// and returns those after the separator too (none without one).
+func splitMountinfo(line string) (fields, fs []string) {
+	f := strings.Fields(line)
+	for i := 6; i < len(f); i++ {
+		if f[i] == "-" {
+			return f, f[i+1:]
+		}
+	}
+	return f, nil
+}
+
 func mountAt(r io.Reader, path string) (mountInfo, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
 	var m mountInfo
 	for sc.Scan() {
-		// ID parent major:minor root mountpoint options [optional…] - fstype source super
-		f := strings.Fields(sc.Text())
+		f, fs := splitMountinfo(sc.Text())
 		if len(f) < 7 || unescapeMountinfo(f[4]) != path {
 			continue
 		}
@@ -388,11 +410,8 @@ func mountAt(r io.Reader, path string) (mountInfo, error) {
 			continue
 		}
 		src := f[2] + " " + f[3]
-		for i := 6; i+2 < len(f); i++ {
-			if f[i] == "-" {
-				src += " " + f[i+1] + " " + f[i+2]
-				break
-			}
+		if len(fs) >= 2 {
+			src += " " + fs[0] + " " + fs[1]
 		}
 		m = mountInfo{id: v, source: src} // later lines are mounted over earlier ones
 	}

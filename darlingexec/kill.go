@@ -173,9 +173,9 @@ func (s *sessionProcs) withCgroup(pids []int) []int {
 // ours, as the container's processes do: its NSpid line has more pids
 // than ours.
 func inNestedPIDNamespace(pid int) bool {
-	theirs, err1 := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	ours, err2 := os.ReadFile("/proc/self/status")
-	return err1 == nil && err2 == nil && len(statusField(theirs, "NSpid:")) > len(statusField(ours, "NSpid:"))
+	theirs, err1 := pidNamespaceDepth(strconv.Itoa(pid))
+	ours, err2 := pidNamespaceDepth("self")
+	return err1 == nil && err2 == nil && theirs > ours
 }
 
 // startOf returns the start time the session knows pid by, or 0.

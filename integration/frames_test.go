@@ -16,6 +16,13 @@ import (
 // dialGo connects with the Go SSH client, pinning the server's host key.
 func (s *server) dialGo(t *testing.T) *gossh.Client {
 	t.Helper()
+	return s.dialGoWith(t, gossh.Config{})
+}
+
+// dialGoWith is dialGo with the client's transport settings (ciphers,
+// rekey threshold).
+func (s *server) dialGoWith(t *testing.T, cfg gossh.Config) *gossh.Client {
+	t.Helper()
 	keyPEM, err := os.ReadFile(s.clientKey)
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +40,7 @@ func (s *server) dialGo(t *testing.T) *gossh.Client {
 		t.Fatal(err)
 	}
 	c, err := gossh.Dial("tcp", net.JoinHostPort("127.0.0.1", s.port), &gossh.ClientConfig{
+		Config:          cfg,
 		User:            "root",
 		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
 		HostKeyCallback: gossh.FixedHostKey(host.PublicKey()),

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -248,34 +247,7 @@ func rekeyEchoGo(c *gossh.Client) error {
 // rekeyDialGo connects a Go client to s that rekeys every threshold bytes.
 func rekeyDialGo(t *testing.T, s *server, threshold uint64) *gossh.Client {
 	t.Helper()
-	keyPEM, err := os.ReadFile(s.clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := gossh.ParsePrivateKey(keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostPEM, err := os.ReadFile(s.hostKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, err := gossh.ParsePrivateKey(hostPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := gossh.Dial("tcp", net.JoinHostPort("127.0.0.1", s.port), &gossh.ClientConfig{
-		Config:          gossh.Config{RekeyThreshold: threshold, Ciphers: []string{gossh.CipherChaCha20Poly1305}},
-		User:            "root",
-		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
-		HostKeyCallback: gossh.FixedHostKey(host.PublicKey()),
-		Timeout:         time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return s.dialGoWith(t, gossh.Config{RekeyThreshold: threshold, Ciphers: []string{gossh.CipherChaCha20Poly1305}})
 }
 
 // withinTime runs f and returns its error, or an error if it has not

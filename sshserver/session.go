@@ -332,10 +332,11 @@ func (se *session) sweep(outcome string, failed bool) {
 		}
 		attrs := []any{"pid", cmd.Pid(), "outcome", outcome, "duration", time.Since(se.start).Round(time.Millisecond),
 			"bytes_in", se.bytesIn.Load(), "bytes_out", se.bytesOut.Load()}
-		if u := cmd.Usage(); u.CPU > 0 {
+		u := cmd.Usage()
+		if u.CPU > 0 {
 			attrs = append(attrs, "cpu", u.CPU.Round(time.Millisecond))
 		}
-		if u := cmd.Usage(); u.MemoryPeak > 0 {
+		if u.MemoryPeak > 0 {
 			attrs = append(attrs, "memory_peak", u.MemoryPeak)
 		}
 		se.log.Info("session ended", attrs...)
