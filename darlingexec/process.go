@@ -75,7 +75,7 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	}
 	p, err := l.launch(ctx, s)
 	if !errors.Is(err, errContainerStopped) {
-		return p.entered(s, err)
+		return p, err
 	}
 	l.Log.Warn("the prefix's container stopped while a session started; its launcher was ended, starting the session again",
 		"prefix", l.Prefix, "err", err)
@@ -87,15 +87,6 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	p, err = l.launch(ctx, s)
 	if errors.Is(err, errContainerStopped) {
 		err = fmt.Errorf("%w (twice; the session was not started)", err)
-	}
-	return p.entered(s, err)
-}
-
-// entered lets a gated session's script go on once its processes are in
-// the session's cgroup (see enterCgroup).
-func (p *Process) entered(s session, err error) (*Process, error) {
-	if err == nil && s.gate != "" {
-		p.openGate(s.id)
 	}
 	return p, err
 }
@@ -164,6 +155,9 @@ func (l *Launcher) launch(ctx context.Context, s session) (*Process, error) {
 	if !kept {
 		p.discard(ctx)
 		return nil, fmt.Errorf("%w: darlingserver %d of %s is gone", errContainerStopped, c.pid, l.Prefix)
+	}
+	if s.gate != "" {
+		p.openGate(s.id) // the script waits at its gate until then
 	}
 	return p, nil
 }
