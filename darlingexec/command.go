@@ -88,6 +88,7 @@ type Launcher struct {
 	cont       container // the verified container, under contMu
 	rejected   int       // the last .init.pid pid refused, under contMu: logged once
 	unreadable string    // the last .init.pid read error, under contMu: logged once
+	ours       container // the container a warm-up of ours started, under contMu
 
 	tracker tracker // follows running sessions' processes
 	bufs    buffers // lent to the sessions' streams while data flows

@@ -1,6 +1,7 @@
 package darlingexec
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -90,6 +91,7 @@ func (l *Launcher) warm(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	cold := l.containerPid() == 0
 	code, err := l.runProbe(ctx, probe, log)
 	if err != nil {
 		return fail(withOutput(err, log))
@@ -97,7 +99,13 @@ func (l *Launcher) warm(ctx context.Context) error {
 	if err := l.checkProbe(probe, code, log); err != nil {
 		return fail(err)
 	}
-	if l.containerPid() == 0 {
+	c := l.verified()
+	if cold && c.pid != 0 {
+		l.contMu.Lock()
+		l.ours = c
+		l.contMu.Unlock()
+	}
+	if c.pid == 0 {
 		l.Log.Warn("no running container found for the prefix; sessions will warm it first each time, and SFTP serves the prefix folder as the host sees it",
 			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, initPidFile))
 	}
@@ -357,3 +365,29 @@ func (l *Launcher) PrefixRoot(ctx context.Context) (*os.File, error) {
 
 // ContainerRunning reports whether the prefix's container is running.
 func (l *Launcher) ContainerRunning() bool { return l.containerPid() != 0 }
+
+// Shutdown runs the launcher's shutdown for the prefix if the container
+// running now is one a warm-up of this Launcher started; a container
+// someone else started (another server on the same prefix, a person's
+// `darling shell`) is left alone. It reports whether it ran shutdown.
+func (l *Launcher) Shutdown(ctx context.Context) (bool, error) {
+	l.contMu.Lock()
+	ours := l.ours
+	l.contMu.Unlock()
+	if ours.pid == 0 || l.verified() != ours {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.WarmTimeout)
+	defer cancel()
+	var args []string
+	if l.Style == StyleFlag {
+		args = append(args, "--prefix", l.Prefix)
+	}
+	cmd := exec.CommandContext(ctx, l.Path, append(args, "shutdown")...)
+	cmd.Env = append(append([]string(nil), l.HostEnv...), "DPREFIX="+l.Prefix)
+	cmd.WaitDelay = time.Second // a child that keeps the output open is not waited for
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return true, fmt.Errorf("%s shutdown for %s: %w: %s", l.Path, l.Prefix, err, bytes.TrimSpace(out))
+	}
+	return true, nil
+}

@@ -158,7 +158,7 @@ func (c *nixClient) darwinDrv(name, script string) string {
 func (c *nixClient) builders(proto string) string {
 	c.t.Helper()
 	cmd := exec.Command(bins.server, "machines-line", "--host-alias", "dut", "--protocol", proto,
-		"--identity", c.s.clientKey, "--host-key", c.s.hostKey, "--listen", c.s.addr, "--max-jobs", "1")
+		"--identity", c.s.clientKey, "--host-key", c.s.hostKey, "--max-jobs", "1")
 	cmd.Env = []string{noRaceExitSleep}
 	out, err := cmd.Output()
 	if err != nil {

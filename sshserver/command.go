@@ -43,6 +43,9 @@ type Launcher interface {
 	ContainerRunning() bool
 	// Path names the launcher for the log.
 	Path() string
+	// Shutdown stops the prefix's container if this server's warm-up
+	// started it, and reports whether it did.
+	Shutdown(ctx context.Context) (bool, error)
 }
 
 // darling adapts darlingexec's Launcher to Launcher.

@@ -55,7 +55,20 @@ type Options struct {
 	// host key for HostAlias and for the address clients dial.
 	KnownHostsOut string
 	HostAlias     string
-	Log           *slog.Logger
+	// StateDir holds the status socket (status.sock, root only) that
+	// `darling-sshd status` and `register` read.
+	StateDir string
+	// MetricsAddr, if set, serves the counters in the Prometheus text
+	// format on this (loopback) address.
+	MetricsAddr string
+	// StopContainer: on exit, stop the prefix's container if this
+	// server's warm-up started it (make run); one it found running is
+	// left alone.
+	StopContainer bool
+	// Hurry, once it receives or is closed, cuts the shutdown grace
+	// short: running sessions are ended at once (a second Ctrl-C).
+	Hurry <-chan struct{}
+	Log   *slog.Logger
 }
 
 // DefaultOptions returns the server's defaults, which serve's flags show.
@@ -80,6 +93,7 @@ func DefaultOptions() Options {
 		SessionCgroups:     "auto",
 		KnownHostsOut:      "/var/lib/darling-sshd/known_hosts",
 		HostAlias:          "darling-builder",
+		StateDir:           "/var/lib/darling-sshd",
 
 		// Half of MaxStartups' start: one source alone never starts the
 		// random early drop, and 32 logins at once from one host (the Nix

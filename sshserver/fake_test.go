@@ -44,6 +44,8 @@ func (f *fakeLauncher) Warm(context.Context) error { return nil }
 func (f *fakeLauncher) ContainerRunning() bool     { return true }
 func (f *fakeLauncher) Path() string               { return "fake" }
 
+func (f *fakeLauncher) Shutdown(context.Context) (bool, error) { return false, nil }
+
 func (f *fakeLauncher) PrefixRoot(context.Context) (*os.File, error) { return os.Open(f.dir) }
 
 func (f *fakeLauncher) Start(ctx context.Context, r darlingexec.Request) (Command, error) {

@@ -290,7 +290,21 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
 	}
 	defer l.Close()
-	return s.run(ctx, l)
+	err = s.run(ctx, l)
+	if opts.StopContainer {
+		ctx, cancel := context.WithTimeout(context.Background(), opts.WarmTimeout)
+		defer cancel()
+		stopped, serr := s.launcher.Shutdown(ctx)
+		switch {
+		case serr != nil:
+			s.log.Warn("stopping the prefix's container", "err", serr)
+		case stopped:
+			s.log.Info("stopped the prefix's container this server had started", "prefix", opts.Prefix)
+		default:
+			s.log.Info("left the prefix's container running: this server did not start it", "prefix", opts.Prefix)
+		}
+	}
+	return err
 }
 
 // run warms the prefix and serves on l until ctx is done.
@@ -351,6 +365,8 @@ func (s *Server) Close() {
 		case <-done:
 		case <-time.After(s.opts.ShutdownGrace):
 			s.log.Info("shutdown grace over; ending running sessions")
+		case <-s.opts.Hurry:
+			s.log.Info("asked again to stop; ending running sessions now")
 		}
 	}
 	s.cancel()
