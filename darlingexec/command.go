@@ -132,11 +132,13 @@ func shQuote(s string) string {
 // that into 128+n (137 for SIGKILL) and exits with it. See waitCommand.
 func Script(command, marker string) string { return script(command, marker, "") }
 
-func script(command, marker, gate string) string {
+// script is Script with steps run after the marker, before the command:
+// the gate, SSH_TTY on a terminal.
+func script(command, marker, steps string) string {
 	var b strings.Builder
 	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
-	b.WriteString(gate)
+	b.WriteString(steps)
 	b.WriteString(waitCommand("/bin/sh -c " + shQuote(command)))
 	return b.String()
 }
@@ -154,6 +156,15 @@ func gateStep(pty bool) string {
 	}
 	return `IFS= read -r _l || exit 255; `
 }
+
+// ttyStep sets SSH_TTY to the terminal the command has, as the command
+// names it. The server's pty is not that terminal: Darling's launcher,
+// seeing a terminal on its stdin, opens a pty of its own inside the
+// container and relays to it, so only a look from inside can tell. It
+// costs one fork, in terminal sessions only, and prints nothing: tty's
+// answer is captured, its complaints go to /dev/null, and without a
+// terminal (or without tty) SSH_TTY is unset, as sshd has it without a pty.
+const ttyStep = `if _t=$(tty 2>/dev/null); then SSH_TTY=$_t; export SSH_TTY; else unset SSH_TTY; fi; unset _t; `
 
 // waitCommand runs cmd as the script's last step and exits with its
 // status. The script's shell catches the signals a session's processes
@@ -173,11 +184,12 @@ func waitCommand(cmd string) string {
 // has sourced the prefix's profile; the shell then starts at home with the
 // Nix profiles on PATH, as a command would. Without a terminal, the start
 // marker keeps what the profile printed off stdout, as for a command.
-func shellScript(marker, gate string) string {
+// steps run after the marker, as in script.
+func shellScript(marker, steps string) string {
 	var b strings.Builder
 	b.WriteString(`cd "$HOME" 2>/dev/null; ` + nixPath + "; ")
 	writeMarker(&b, marker)
-	b.WriteString(gate)
+	b.WriteString(steps)
 	b.WriteString(waitCommand("/bin/bash"))
 	return b.String()
 }
@@ -195,17 +207,22 @@ func writeMarker(b *strings.Builder, marker string) {
 // marker is the stdout start marker ("" for none: a terminal gets none).
 func (l *Launcher) Args(req Request, marker string) []string { return l.args(req, marker, "") }
 
-// args is Args with the script's gate step ("" for none).
+// args is Args with the script's gate step ("" for none). On a terminal,
+// the script sets SSH_TTY after the gate (see ttyStep).
 func (l *Launcher) args(req Request, marker, gate string) []string {
 	var args []string
 	if l.Style == StyleFlag {
 		args = append(args, "--prefix", l.Prefix)
 	}
 	args = append(args, "shell", "/bin/sh", "-c")
-	if req.Shell && req.Command == "" {
-		return append(args, shellScript(marker, gate))
+	steps := gate
+	if req.PTY != nil {
+		steps += ttyStep
 	}
-	return append(args, script(req.Command, marker, gate))
+	if req.Shell && req.Command == "" {
+		return append(args, shellScript(marker, steps))
+	}
+	return append(args, script(req.Command, marker, steps))
 }
 
 // shellArgs returns the arguments after "shell" in args.

@@ -2,12 +2,15 @@ package darlingexec
 
 import (
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/creack/pty"
 )
 
 func TestArgs(t *testing.T) {
@@ -183,5 +186,47 @@ func TestScriptReportsSignalStatus(t *testing.T) {
 		case ee.ExitCode() != want:
 			t.Errorf("%q: status %d, want %d", cmd, ee.ExitCode(), want)
 		}
+	}
+}
+
+// TestScriptSetsSSHTTY runs a terminal session's script as Darling would,
+// on a pty of its own as Darling's launcher gives the command: SSH_TTY is
+// that terminal, whatever the environment said. Off a terminal it is unset,
+// and a session without a pty pays no fork for it.
+func TestScriptSetsSSHTTY(t *testing.T) {
+	l := &Launcher{Prefix: "/p", Style: StyleEnv}
+	const check = `[ "$SSH_TTY" = "$(tty)" ] && echo same; echo "tty=${SSH_TTY-unset}"`
+	for _, req := range []Request{{Command: check, PTY: &PTY{}}, {Shell: true, PTY: &PTY{}}} {
+		args := l.Args(req, "")
+		master, slave, err := pty.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := exec.Command("bash", "--norc", "-c", darlingJoin(args[1:]))
+		c.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "SSH_TTY=/dev/pts/host-side"}
+		c.Stdin, c.Stdout, c.Stderr = slave, slave, slave
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		slave.Close()
+		if req.Shell {
+			master.Write([]byte(check + "; exit\n"))
+		}
+		out, _ := io.ReadAll(master) // EIO once the shell is gone
+		c.Wait()
+		master.Close()
+		if !strings.Contains(string(out), "same\r\n") || !strings.Contains(string(out), "tty=/dev/") {
+			t.Errorf("shell %v on a terminal: %q", req.Shell, out)
+		}
+	}
+	args := l.Args(Request{Command: `echo "tty=${SSH_TTY-unset}"`, PTY: &PTY{}}, "")
+	c := exec.Command("bash", "--norc", "-c", darlingJoin(args[1:]))
+	c.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "SSH_TTY=/dev/pts/host-side"}
+	if out, err := c.Output(); err != nil || string(out) != "tty=unset\n" {
+		t.Errorf("off a terminal: %q %v, want SSH_TTY unset and nothing else on stdout", out, err)
+	}
+	if s := l.Args(Request{Command: "true"}, "")[3]; strings.Contains(s, "tty") {
+		t.Errorf("a session without a pty runs tty: %q", s)
 	}
 }

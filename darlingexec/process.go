@@ -189,7 +189,7 @@ func (l *Launcher) startLauncher(s session) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	// newPTY adds TERM and SSH_TTY, so the environment is set after it.
+	// newPTY adds TERM, so the environment is set after it.
 	if err := Check(nil, sio.env); err != nil {
 		sio.closeAll()
 		return nil, err

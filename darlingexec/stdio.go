@@ -126,7 +126,9 @@ func newPTY(cmd *exec.Cmd, p *PTY) (*stdio, error) {
 	if p.Term != "" {
 		s.env = append(s.env, "TERM="+p.Term)
 	}
-	s.env = append(s.env, "SSH_TTY="+slave.Name())
+	// No SSH_TTY here: the slave's host path names a device the command
+	// does not have (Darling relays to a pty of its own); the script sets
+	// it from inside (ttyStep).
 	return s, nil
 }
 

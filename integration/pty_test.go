@@ -120,6 +120,28 @@ func TestPtyOnlyWhenAsked(t *testing.T) {
 	}
 }
 
+// TestPtySSHTTY: SSH_TTY names the terminal the command has, as it sees
+// it (Darling's launcher relays to a pty of its own, not the server's),
+// in an interactive shell and for ssh -t with a command; without a pty
+// it is unset.
+func TestPtySSHTTY(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	tm := newTmux(t, s, 100, 30, "ssh -F "+s.sshConfig+" -tt dut; sleep 600")
+	tm.waitScreen("#")
+	// The arithmetic keeps the typed line itself from matching.
+	tm.keys(`[ "$SSH_TTY" = "$(tty)" ] && echo ssh-tty-$((6*7))`, "Enter")
+	tm.waitScreen("ssh-tty-42")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := s.ssh(ctx, "-tt", "dut", `[ "$SSH_TTY" = "$(tty)" ] && echo same; echo "tty=$SSH_TTY"`).Output()
+	if !strings.Contains(string(out), "same\r\n") || !strings.Contains(string(out), "tty=/dev/") {
+		t.Errorf("ssh -tt cmd: %q %v", out, err)
+	}
+	if r := s.exec(`echo "${SSH_TTY-unset}"`, ""); r.stdout != "unset\n" {
+		t.Errorf("without a pty: %+v", r)
+	}
+}
+
 func ptyReq(term string, cols, rows uint32, modes []byte) []byte {
 	return gossh.Marshal(struct {
 		Term             string
