@@ -14,33 +14,43 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 build:
 	$(GO) build -o $(BIN)/darling-sshd ./cmd/darling-sshd
 
-# run: serve on 127.0.0.1:$(PORT) with keys generated under $(RUN_DIR)/.
-# Without a real `darling`, the stand-in launcher test fixture is used.
+# run: a complete local builder: serve on 127.0.0.1:$(PORT) with every
+# file under $(RUN_DIR)/ (host and client keys, known_hosts, the status
+# socket, the prefix), the prefix prepared by init, and the lines that
+# register it with the local Nix and build on it. Without a real `darling`,
+# the stand-in launcher test fixture is used, and said so loudly. Ctrl-C
+# stops it (a second Ctrl-C ends running sessions at once); the container
+# is stopped only if this server started it.
 run: build
 	@mkdir -p $(RUN_DIR)
 	@set -e; \
+	run=$(CURDIR)/$(RUN_DIR); bin=$(CURDIR)/$(BIN)/darling-sshd; nixconf=""; \
 	if command -v darling >/dev/null 2>&1; then \
 		launcher=$$(command -v darling); \
 		echo "darling-sshd: using Darling at $$launcher"; \
 	else \
 		$(GO) build -o $(BIN)/darling-standin ./integration/standin; \
 		launcher=$(CURDIR)/$(BIN)/darling-standin; \
+		nixconf="--nix-conf extra-platforms=x86_64-darwin"; \
 		echo "######################################################################"; \
 		echo "## WARNING: NO DARLING INSTALLED. Using the STAND-IN LAUNCHER, a TEST"; \
 		echo "## FIXTURE ($$launcher):"; \
-		echo "## commands run in a Linux chroot imitating a prefix, NOT in macOS."; \
+		echo "## commands run in a Linux chroot imitating a prefix, NOT in macOS;"; \
+		echo "## its Nix is the host's Linux Nix, so init adds extra-platforms."; \
 		echo "######################################################################"; \
 	fi; \
-	[ -f $(RUN_DIR)/client_key ] || ssh-keygen -q -t ed25519 -N '' -C darling-sshd-run -f $(RUN_DIR)/client_key; \
-	echo "[127.0.0.1]:$(PORT) $$($(BIN)/darling-sshd hostkey --host-key $(RUN_DIR)/ssh_host_ed25519_key)" > $(RUN_DIR)/known_hosts; \
-	echo "try:  ssh -p $(PORT) -i $(RUN_DIR)/client_key -o UserKnownHostsFile=$(RUN_DIR)/known_hosts root@127.0.0.1 uname"; \
-	trap '' INT; \
-	status=0; \
-	$(BIN)/darling-sshd serve --listen 127.0.0.1:$(PORT) --prefix $(CURDIR)/$(RUN_DIR)/prefix \
-		--darling "$$launcher" \
-		--host-key $(RUN_DIR)/ssh_host_ed25519_key --authorized-keys $(RUN_DIR)/client_key.pub || status=$$?; \
-	DPREFIX=$(CURDIR)/$(RUN_DIR)/prefix "$$launcher" shutdown || true; \
-	exit $$status
+	[ -f $$run/client_key ] || ssh-keygen -q -t ed25519 -N '' -C darling-sshd-run -f $$run/client_key; \
+	$$bin init --prefix $$run/prefix --darling "$$launcher" --stop-container $$nixconf; \
+	echo; \
+	echo "Once it listens, in another terminal (as root):"; \
+	echo "  ssh -p $(PORT) -i $$run/client_key -o UserKnownHostsFile=$$run/known_hosts root@127.0.0.1 uname"; \
+	echo "  $$bin register --state-dir $$run     # ssh config, known_hosts, /etc/nix/machines; --undo removes them"; \
+	echo "  $$bin check                          # as Nix connects: both protocols"; \
+	echo "  nix-build --no-out-link -E 'derivation { name = \"hello\"; system = \"x86_64-darwin\"; builder = \"/bin/sh\"; args = [ \"-c\" \"echo hello from the builder > \$$out\" ]; }'"; \
+	echo; \
+	exec $$bin serve --listen 127.0.0.1:$(PORT) --prefix $$run/prefix --darling "$$launcher" \
+		--host-key $$run/ssh_host_ed25519_key --authorized-keys $$run/client_key.pub \
+		--known-hosts-out $$run/known_hosts --state-dir $$run --stop-container
 
 # deps installs the Debian packages the tests use, only those missing,
 # without starting their services.

@@ -3,79 +3,92 @@ package sshserver
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
-	gossh "golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/knownhosts"
+	"github.com/darling-sshd/darling-sshd/auth"
 )
 
-// Nix's serve protocol (legacy ssh:// store): the client sends magic 1 and
-// its version, the server answers magic 2 and its version.
+// Nix's protocols, as far as their handshakes: the serve protocol
+// (ssh://, nix-store --serve) and the daemon protocol (ssh-ng://,
+// nix-daemon --stdio). The client sends its magic (and, for serve, its
+// version); the server answers its magic and version.
 const (
-	serveMagic1     = 0x390c9deb
-	serveMagic2     = 0x5452eecb
-	serveVersion    = 0x206
-	defaultCheckCmd = "nix-store --serve --write"
+	serveMagic1   = 0x390c9deb
+	serveMagic2   = 0x5452eecb
+	serveVersion  = 0x206
+	daemonMagic1  = 0x6e697863
+	daemonMagic2  = 0x6478696f
+	maxCheckError = 4 << 10 // what is kept of ssh's stderr
 )
 
-// CheckOptions is what `darling-sshd check` connects with.
+// CheckOptions is what `darling-sshd check` checks: the builder Nix knows
+// by Alias, reached the way Nix reaches it.
 type CheckOptions struct {
-	Addr       string // host:port
-	User       string
-	Identity   string // private key file
-	KnownHosts string // known_hosts file pinning the host key
-	Command    string // remote command; nix-store --serve --write if empty
-	Timeout    time.Duration
-	Out        io.Writer // one line per step
+	Alias string
+	// Machines is Nix's machines file: the alias's line gives the
+	// identity and public host key Nix passes to ssh.
+	Machines string
+	// SSHConfig, if set, is passed to ssh as -F (tests; a user whose
+	// registration is not where ssh looks); else ssh reads its own.
+	SSHConfig string
+	// ServeCommand and DaemonCommand are the remote commands, as Nix's
+	// remote-program would make them.
+	ServeCommand, DaemonCommand string
+	Timeout                     time.Duration
+	Out                         io.Writer // one line per step
 }
 
-// errCheckFailed is returned once a step failed; the step printed why.
-var errCheckFailed = errors.New("check failed")
+// ErrCheckFailed is returned once a step failed; the step printed why and
+// what fixes it.
+var ErrCheckFailed = errors.New("check failed")
 
-// Check connects as Nix's ssh:// store would, with the host key pinned,
-// and runs the nix-store --serve handshake inside the prefix. It prints a
-// line per step (tcp, host key, auth, command, handshake) and stops at the
-// first that fails.
+// Check does what the root Nix daemon does with a remote builder: finds
+// the alias's line in the machines file, runs the system ssh with the
+// alias (so the ssh configuration, known hosts and identity are those
+// Nix's ssh uses), and speaks the serve protocol and then the daemon
+// protocol to the commands in the prefix. It prints a line per step and
+// stops at the first that fails, naming the fix.
 func Check(ctx context.Context, o CheckOptions) error {
-	if o.Command == "" {
-		o.Command = defaultCheckCmd
-	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	r := checkReport{out: o.Out}
-
-	conn, err := r.dial(ctx, o.Addr)
+	m, err := r.machine(o)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	client, err := r.login(conn, o)
+	cfg, err := r.sshConfig(ctx, o)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
-
-	sess, err := client.NewSession()
-	if err != nil {
-		return r.fail("command", err)
-	}
-	defer sess.Close()
-	var stderr bytes.Buffer
-	stdin, stdout, err := r.start(sess, o.Command, &stderr)
-	if err != nil {
+	if err := r.identity(m, cfg); err != nil {
 		return err
 	}
-	if err := r.handshake(stdin, stdout, &stderr); err != nil {
-		return err
+	args, cleanup, err := nixSSHArgs(o, m)
+	if err != nil {
+		return r.fail("ssh", err, "")
 	}
-	stdin.Close()
+	defer cleanup()
+	target := cfg["hostname"] + ":" + cfg["port"]
+	for _, p := range []struct {
+		step, command string
+		hello         func(io.Writer, io.Reader) (string, error)
+	}{
+		{"serve", o.ServeCommand, serveHello},
+		{"daemon", o.DaemonCommand, daemonHello},
+	} {
+		if err := r.speak(ctx, o, args, p.step, p.command, target, cfg, m, p.hello); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -83,133 +96,250 @@ func Check(ctx context.Context, o CheckOptions) error {
 type checkReport struct{ out io.Writer }
 
 func (r checkReport) ok(step, detail string) {
-	fmt.Fprintf(r.out, "ok    %-9s %s\n", step, detail)
+	fmt.Fprintf(r.out, "ok    %-10s %s\n", step, detail)
 }
 
-// fail prints why step failed and returns errCheckFailed: the line is the
-// report, the error only says that there was one.
-func (r checkReport) fail(step string, err error) error {
-	fmt.Fprintf(r.out, "FAIL  %-9s %v\n", step, err)
-	return errCheckFailed
+// fail prints what failed and what fixes it, and returns ErrCheckFailed:
+// the line is the report, the error only says that there was one.
+func (r checkReport) fail(step string, err error, fix string) error {
+	if fix != "" {
+		fix = "\n      " + strings.Repeat(" ", 10) + " fix: " + fix
+	}
+	fmt.Fprintf(r.out, "FAIL  %-10s %v%s\n", step, err, fix)
+	return ErrCheckFailed
 }
 
-// dial opens the TCP connection, bounded by ctx's deadline for the whole
-// check, not only for the connect.
-func (r checkReport) dial(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+// machine finds the alias's line in the machines file.
+func (r checkReport) machine(o CheckOptions) (auth.Machine, error) {
+	register := "run darling-sshd register"
+	text, err := auth.ReadBounded(o.Machines)
 	if err != nil {
-		return nil, r.fail("tcp", err)
+		return auth.Machine{}, r.fail("machines", err, register)
 	}
-	r.ok("tcp", addr)
-	if dl, has := ctx.Deadline(); has {
-		conn.SetDeadline(dl)
+	m, ok := auth.FindMachine(text, o.Alias)
+	if !ok {
+		return m, r.fail("machines", fmt.Errorf("%s has no line for %s, so Nix does not know the builder", o.Machines, o.Alias), register)
 	}
-	return conn, nil
+	r.ok("machines", m.URI+" in "+o.Machines)
+	return m, nil
 }
 
-// login runs the SSH handshake over conn: the host key pinned by
-// o.KnownHosts, then public key authentication with o.Identity. A failed
-// handshake is reported under host key until the key has been seen (or
-// when it is not trusted), and under auth after.
-func (r checkReport) login(conn net.Conn, o CheckOptions) (*gossh.Client, error) {
-	hostKeyCB, err := knownhosts.New(o.KnownHosts)
+// sshConfig asks ssh how it resolves the alias (ssh -G).
+func (r checkReport) sshConfig(ctx context.Context, o CheckOptions) (map[string]string, error) {
+	args := []string{"-G"}
+	if o.SSHConfig != "" {
+		args = append(args, "-F", o.SSHConfig)
+	}
+	out, err := exec.CommandContext(ctx, "ssh", append(args, o.Alias)...).Output()
 	if err != nil {
-		return nil, r.fail("host key", fmt.Errorf("known hosts %s: %w", o.KnownHosts, err))
+		return nil, r.fail("ssh config", fmt.Errorf("ssh -G %s: %w", o.Alias, err), "install openssh-client")
 	}
-	signer, err := r.identity(o.Identity)
-	if err != nil {
-		return nil, err
+	cfg := map[string]string{}
+	for _, l := range strings.Split(string(out), "\n") {
+		k, v, _ := strings.Cut(l, " ")
+		if _, seen := cfg[k]; !seen {
+			cfg[k] = v
+		}
 	}
-	hk := &seenHostKey{check: hostKeyCB}
-	cfg := &gossh.ClientConfig{
-		User:            o.User,
-		Auth:            []gossh.AuthMethod{gossh.PublicKeys(signer)},
-		HostKeyCallback: hk.callback,
+	if cfg["hostname"] == o.Alias && cfg["hostkeyalias"] != o.Alias {
+		return nil, r.fail("ssh config", fmt.Errorf("ssh has no Host %s block (it would dial %s:%s)", o.Alias, o.Alias, cfg["port"]), "run darling-sshd register")
 	}
-	c, chans, reqs, err := gossh.NewClientConn(conn, o.Addr, cfg)
-	switch {
-	case hk.key == nil && err != nil:
-		return nil, r.fail("host key", fmt.Errorf("ssh handshake: %w", err))
-	case hk.err != nil:
-		return nil, r.fail("host key", fmt.Errorf("%s %s not trusted by %s: %w", hk.key.Type(), gossh.FingerprintSHA256(hk.key), o.KnownHosts, hk.err))
-	}
-	r.ok("host key", hk.key.Type()+" "+gossh.FingerprintSHA256(hk.key))
-	if err != nil {
-		return nil, r.fail("auth", fmt.Errorf("as %s with %s: %w", o.User, o.Identity, err))
-	}
-	client := gossh.NewClient(c, chans, reqs)
-	r.ok("auth", o.User+" with "+o.Identity+" ("+gossh.FingerprintSHA256(signer.PublicKey())+")")
-	return client, nil
+	r.ok("ssh config", fmt.Sprintf("%s -> %s:%s, known hosts %s", o.Alias, cfg["hostname"], cfg["port"], cfg["userknownhostsfile"]))
+	return cfg, nil
 }
 
-// identity reads the private key to authenticate with.
-func (r checkReport) identity(path string) (gossh.Signer, error) {
-	keyPEM, err := os.ReadFile(path)
-	if err != nil {
-		return nil, r.fail("auth", fmt.Errorf("identity: %w", err))
+// identity checks that the key Nix's ssh logs in with can be read.
+func (r checkReport) identity(m auth.Machine, cfg map[string]string) error {
+	id := m.Identity
+	if id == "" {
+		id = cfg["identityfile"]
 	}
-	signer, err := gossh.ParsePrivateKey(keyPEM)
-	if err != nil {
-		return nil, r.fail("auth", fmt.Errorf("identity %s: %w", path, err))
+	if strings.HasPrefix(id, "~/") {
+		if home, err := os.UserHomeDir(); err == nil {
+			id = filepath.Join(home, id[2:])
+		}
 	}
-	return signer, nil
+	f, err := os.Open(id)
+	if err != nil {
+		return r.fail("identity", err, "create the builder key (ssh-keygen -t ed25519 -N '' -f "+id+") and re-run darling-sshd register")
+	}
+	f.Close()
+	r.ok("identity", id)
+	return nil
 }
 
-// seenHostKey keeps the host key the server offered and the known_hosts
-// verdict on it: the handshake's error alone cannot tell an untrusted
-// host key from a failure before or after the key was checked.
-type seenHostKey struct {
-	check gossh.HostKeyCallback
-	key   gossh.PublicKey
-	err   error
+// nixSSHArgs are ssh's arguments as Nix builds them for the builder: the
+// alias, -x -a, the identity of the machines line, and its public host
+// key, if any, in a known_hosts file of its own; BatchMode stands for the
+// daemon's missing terminal, so that check never prompts.
+func nixSSHArgs(o CheckOptions, m auth.Machine) (args []string, cleanup func(), err error) {
+	cleanup = func() {}
+	if o.SSHConfig != "" {
+		args = append(args, "-F", o.SSHConfig)
+	}
+	args = append(args, o.Alias, "-x", "-a", "-oBatchMode=yes")
+	if m.Identity != "" {
+		args = append(args, "-i", m.Identity)
+	}
+	if m.PublicHostKey != "" {
+		key, err := base64.StdEncoding.DecodeString(m.PublicHostKey)
+		if err != nil {
+			return nil, cleanup, fmt.Errorf("public host key in the machines line: %w", err)
+		}
+		dir, err := os.MkdirTemp("", "darling-sshd-check")
+		if err != nil {
+			return nil, cleanup, err
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		kh := filepath.Join(dir, "host-key")
+		if err := os.WriteFile(kh, []byte(o.Alias+" "+strings.TrimSpace(string(key))+"\n"), 0o600); err != nil {
+			cleanup()
+			return nil, func() {}, err
+		}
+		args = append(args, "-oUserKnownHostsFile="+kh)
+	}
+	return args, cleanup, nil
 }
 
-func (h *seenHostKey) callback(host string, remote net.Addr, key gossh.PublicKey) error {
-	h.key = key
-	h.err = h.check(host, remote, key)
-	return h.err
-}
-
-// start runs command in sess with its stderr collected in stderr, and
-// returns its stdin and stdout.
-func (r checkReport) start(sess *gossh.Session, command string, stderr *bytes.Buffer) (io.WriteCloser, io.Reader, error) {
-	sess.Stderr = stderr
-	stdin, err1 := sess.StdinPipe()
-	stdout, err2 := sess.StdoutPipe()
+// speak runs command through ssh and does the protocol's handshake; a
+// failure is put down to the step that caused it, from ssh's messages.
+func (r checkReport) speak(ctx context.Context, o CheckOptions, args []string, step, command, target string, cfg map[string]string, m auth.Machine,
+	hello func(io.Writer, io.Reader) (string, error)) error {
+	cmd := exec.CommandContext(ctx, "ssh", append(args, command)...)
+	var stderr limitedBuffer
+	stderr.max = maxCheckError
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = time.Second
+	stdin, err1 := cmd.StdinPipe()
+	stdout, err2 := cmd.StdoutPipe()
 	if err := errors.Join(err1, err2); err != nil {
-		return nil, nil, r.fail("command", err)
+		return r.fail(step, err, "")
 	}
-	if err := sess.Start(command); err != nil {
-		return nil, nil, r.fail("command", fmt.Errorf("%s: %w", command, err))
+	if err := cmd.Start(); err != nil {
+		return r.fail(step, err, "install openssh-client")
 	}
-	r.ok("command", command)
-	return stdin, stdout, nil
+	version, herr := hello(stdin, stdout)
+	stdin.Close()
+	if herr == nil {
+		// The answer came: the rest of the session does not matter.
+		cmd.Process.Kill()
+		cmd.Wait()
+		r.ok(step, command+": "+version)
+		return nil
+	}
+	werr := cmd.Wait()
+	return r.diagnose(o, step, command, target, cfg, m, herr, werr, strings.TrimSpace(stderr.String()))
 }
 
-// handshake sends the client's hello of the serve protocol and checks
-// the server's. When no answer comes, what the command wrote on stderr
-// is the likeliest explanation, so it goes into the report.
-func (r checkReport) handshake(stdin io.Writer, stdout io.Reader, stderr *bytes.Buffer) error {
+// diagnose names the step that failed, from what ssh and the command said.
+func (r checkReport) diagnose(o CheckOptions, step, command, target string, cfg map[string]string, m auth.Machine, herr, werr error, stderr string) error {
+	code := -1
+	var ee *exec.ExitError
+	if errors.As(werr, &ee) {
+		code = ee.ExitCode()
+	}
+	last := lastLine(stderr)
+	program, _, _ := strings.Cut(command, " ")
+	switch {
+	case strings.Contains(stderr, "Connection refused"), strings.Contains(stderr, "timed out"),
+		strings.Contains(stderr, "No route to host"), strings.Contains(stderr, "Could not resolve"):
+		return r.fail("tcp", fmt.Errorf("nothing answers at %s: %s", target, last), "start darling-sshd serve (it must listen on "+target+"), or re-run darling-sshd register with its --listen")
+	case strings.Contains(stderr, "IDENTIFICATION HAS CHANGED"), strings.Contains(stderr, "Host key verification failed"),
+		strings.Contains(stderr, "No ED25519 host key is known"), strings.Contains(stderr, "host key for"):
+		where := "known_hosts " + cfg["userknownhostsfile"]
+		if m.PublicHostKey != "" {
+			where = "the machines line"
+		}
+		return r.fail("host key", fmt.Errorf("the server at %s does not have the host key %s trusts for %s: %s", target, where, o.Alias, last),
+			"host key changed: re-run darling-sshd register (or, if the server should not have changed, find out why)")
+	case strings.Contains(stderr, "Permission denied"), strings.Contains(stderr, "Too many authentication failures"):
+		id := m.Identity
+		if id == "" {
+			id = cfg["identityfile"]
+		}
+		return r.fail("auth", fmt.Errorf("the server refused the key %s: %s", id, last),
+			"key not in authorized keys: add "+id+".pub to serve's --authorized-keys (then reload: SIGHUP)")
+	case code == 127 || (strings.Contains(stderr, program) && strings.Contains(stderr, "not found")):
+		return r.fail(step, fmt.Errorf("%s not found in the prefix: %s", program, last),
+			"install Nix in the prefix (README: How Nix gets into a real Darling prefix), then darling-sshd init")
+	case code == 255 && stderr != "":
+		return r.fail("ssh", errors.New(last), "")
+	case code > 0:
+		return r.fail(step, fmt.Errorf("%s exited with status %d before answering: %s", command, code, orNothing(last)),
+			"run it by hand to see why: ssh "+o.Alias+" "+command)
+	}
+	return r.fail(step, fmt.Errorf("%s did not answer the handshake: %v; %s", command, herr, orNothing(last)),
+		"anything on the command's stdout before Nix's protocol breaks it; see the server's log")
+}
+
+func lastLine(s string) string {
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+func orNothing(s string) string {
+	if s == "" {
+		return "nothing on stderr"
+	}
+	return s
+}
+
+// serveHello sends the client's hello of the serve protocol and checks
+// the answer.
+func serveHello(w io.Writer, r io.Reader) (string, error) {
 	var hello [16]byte
 	binary.LittleEndian.PutUint64(hello[:8], serveMagic1)
 	binary.LittleEndian.PutUint64(hello[8:], serveVersion)
-	if _, err := stdin.Write(hello[:]); err != nil {
-		return r.fail("handshake", err)
+	if _, err := w.Write(hello[:]); err != nil {
+		return "", err
 	}
 	var reply [16]byte
-	if _, err := io.ReadFull(stdout, reply[:]); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = "no answer"
-		}
-		return r.fail("handshake", fmt.Errorf("%w: %s", err, msg))
+	if _, err := io.ReadFull(r, reply[:]); err != nil {
+		return "", err
 	}
-	magic := binary.LittleEndian.Uint64(reply[:8])
-	version := binary.LittleEndian.Uint64(reply[8:])
-	if magic != serveMagic2 {
-		return r.fail("handshake", fmt.Errorf("protocol mismatch: got magic %#x, want %#x (stray output on stdout?)", magic, serveMagic2))
+	if magic := binary.LittleEndian.Uint64(reply[:8]); magic != serveMagic2 {
+		return "", fmt.Errorf("protocol mismatch: got magic %#x, want %#x (stray output on stdout?)", magic, serveMagic2)
 	}
-	r.ok("handshake", fmt.Sprintf("nix-store --serve protocol %d.%d", version>>8&0xff, version&0xff))
-	return nil
+	v := binary.LittleEndian.Uint64(reply[8:])
+	return fmt.Sprintf("serve protocol %d.%d", v>>8&0xff, v&0xff), nil
+}
+
+// daemonHello sends the client's magic of the daemon protocol and checks
+// the answer.
+func daemonHello(w io.Writer, r io.Reader) (string, error) {
+	var hello [8]byte
+	binary.LittleEndian.PutUint64(hello[:], daemonMagic1)
+	if _, err := w.Write(hello[:]); err != nil {
+		return "", err
+	}
+	var reply [16]byte
+	if _, err := io.ReadFull(r, reply[:]); err != nil {
+		return "", err
+	}
+	if magic := binary.LittleEndian.Uint64(reply[:8]); magic != daemonMagic2 {
+		return "", fmt.Errorf("protocol mismatch: got magic %#x, want %#x (stray output on stdout?)", magic, daemonMagic2)
+	}
+	v := binary.LittleEndian.Uint64(reply[8:])
+	return fmt.Sprintf("daemon protocol %d.%d", v>>8&0xff, v&0xff), nil
+}
+
+// limitedBuffer keeps the last max bytes written to it: ssh's own
+// message comes last, after whatever the prefix printed.
+type limitedBuffer struct {
+	bytes.Buffer
+	max int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if len(p) > b.max {
+		b.Reset()
+		p = p[len(p)-b.max:]
+	}
+	b.Buffer.Write(p)
+	if over := b.Len() - b.max; over > 0 {
+		b.Next(over)
+	}
+	return len(p), nil
 }
