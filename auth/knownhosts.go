@@ -34,11 +34,16 @@ func KnownHostsName(host, port string) string {
 }
 
 // KnownHosts returns known_hosts text trusting pub under alias (what a
-// HostKeyAlias looks up) and under the address clients dial.
+// HostKeyAlias looks up) and under the address clients dial; a loopback
+// address also as localhost, which people type.
 func KnownHosts(pub gossh.PublicKey, alias, host, port string) string {
 	line := AuthorizedKeyLine(pub)
+	names := []string{alias, KnownHostsName(host, port)}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		names = append(names, KnownHostsName("localhost", port))
+	}
 	var b strings.Builder
-	for _, name := range []string{alias, KnownHostsName(host, port)} {
+	for _, name := range names {
 		if name != "" {
 			b.WriteString(name + " " + line + "\n")
 		}

@@ -23,7 +23,7 @@ func TestClientHost(t *testing.T) {
 func TestKnownHostsText(t *testing.T) {
 	k := newPub(t)
 	got := KnownHosts(k, "darling-builder", "127.0.0.1", "2222")
-	want := "darling-builder " + AuthorizedKeyLine(k) + "\n[127.0.0.1]:2222 " + AuthorizedKeyLine(k) + "\n"
+	want := "darling-builder " + AuthorizedKeyLine(k) + "\n[127.0.0.1]:2222 " + AuthorizedKeyLine(k) + "\n[localhost]:2222 " + AuthorizedKeyLine(k) + "\n"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}

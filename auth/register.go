@@ -287,7 +287,8 @@ func editMarkedBlock(old []byte, alias, block string, remove bool) []byte {
 			in = true
 		case l == end && in:
 			in = false
-		case !in:
+		case !in && (l != "" || len(kept) > 0):
+			// Blank lines at the top are the separator after a block.
 			kept = append(kept, l)
 		}
 	}
