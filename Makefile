@@ -24,13 +24,13 @@ build:
 run: build
 	@mkdir -p $(RUN_DIR)
 	@set -e; \
-	run=$(CURDIR)/$(RUN_DIR); bin=$(CURDIR)/$(BIN)/darling-sshd; nixconf=""; \
+	run=$(abspath $(RUN_DIR)); bin=$(abspath $(BIN))/darling-sshd; nixconf=""; \
 	if command -v darling >/dev/null 2>&1; then \
 		launcher=$$(command -v darling); \
 		echo "darling-sshd: using Darling at $$launcher"; \
 	else \
 		$(GO) build -o $(BIN)/darling-standin ./integration/standin; \
-		launcher=$(CURDIR)/$(BIN)/darling-standin; \
+		launcher=$(abspath $(BIN))/darling-standin; \
 		nixconf="--nix-conf extra-platforms=x86_64-darwin"; \
 		echo "######################################################################"; \
 		echo "## WARNING: NO DARLING INSTALLED. Using the STAND-IN LAUNCHER, a TEST"; \

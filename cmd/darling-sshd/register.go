@@ -154,6 +154,8 @@ func fromServer(stateDir string, set map[string]bool, bf *builderFlags) (gossh.P
 	return pub, nil
 }
 
-func queryStatusTODO(context.Context, string) (*struct{ Server struct{ HostKey, Listen, HostAlias, AuthorizedKeys string } }, error) {
+func queryStatusTODO(context.Context, string) (*struct {
+	Server struct{ HostKey, Listen, HostAlias, AuthorizedKeys string }
+}, error) {
 	return nil, errors.New("TODO")
 }
