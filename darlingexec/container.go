@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,6 +38,27 @@ type container struct {
 
 // containerPid returns the pid of the prefix's running container, or 0.
 func (l *Launcher) containerPid() int { return l.verified().pid }
+
+// Container returns the prefix's running container, verified as for a
+// session, and when it started: the server's status and metrics show
+// them, so an operator sees a container that restarted. ok is false when
+// none runs; since is zero if the clock cannot be read.
+func (l *Launcher) Container() (pid int, since time.Time, ok bool) {
+	c := l.verified()
+	if c.pid == 0 {
+		return 0, time.Time{}, false
+	}
+	// /proc/<pid>/stat counts the start in USER_HZ ticks of CLOCK_BOOTTIME
+	// (the kernel ABI fixes USER_HZ at 100 on the architectures Go runs
+	// Linux on); the wall clock's boot time is now less that clock.
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return c.pid, time.Time{}, true
+	}
+	const userHZ = 100
+	up := time.Duration(ts.Nano()) - time.Duration(c.start)*(time.Second/userHZ)
+	return c.pid, time.Now().Add(-up).Round(10 * time.Millisecond), true
+}
 
 // verified returns the prefix's running container, or the zero container.
 // A container verified once stays trusted while it lives, whatever a

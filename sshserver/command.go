@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"os"
+	"time"
 
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 )
@@ -41,6 +42,9 @@ type Launcher interface {
 	// PrefixRoot opens the prefix's root as its processes see it.
 	PrefixRoot(ctx context.Context) (*os.File, error)
 	ContainerRunning() bool
+	// Container returns the running container's pid and start, for the
+	// status socket and the metrics; ok is false when none runs.
+	Container() (pid int, since time.Time, ok bool)
 	// Path names the launcher for the log.
 	Path() string
 	// Shutdown stops the prefix's container if this server's warm-up

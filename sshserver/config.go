@@ -153,6 +153,11 @@ func (o *Options) Validate() error {
 	case len(o.AllowUsers) == 0:
 		return bad("allow-users", "names no user")
 	}
+	if o.MetricsAddr != "" {
+		if err := checkLoopback(o.MetricsAddr); err != nil {
+			return &OptionError{"metrics", err}
+		}
+	}
 	for _, p := range o.AcceptEnv {
 		if err := CheckEnvPattern(p); err != nil {
 			return &OptionError{"accept-env", err}

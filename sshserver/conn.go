@@ -81,6 +81,7 @@ func (s *Server) admit(ra net.Addr) (src netip.Prefix, ok bool) {
 	if limit := s.opts.PerSourceMaxStartups; limit > 0 {
 		src = sourceOf(ra, s.opts.PerSourceExemptLoopback)
 		if src.IsValid() && !s.sources.enter(src, limit) {
+			s.reg.refused(refusalPerSource)
 			s.log.Info("connection dropped", "reason", "too many unauthenticated connections from this source (per-source-max-startups)",
 				"remote", ra.String(), "source", src, "unauthenticated", limit)
 			return netip.Prefix{}, false
@@ -91,6 +92,7 @@ func (s *Server) admit(ra net.Addr) (src netip.Prefix, ok bool) {
 		if src.IsValid() {
 			s.sources.leave(src)
 		}
+		s.reg.refused(refusalMaxStartups)
 		s.log.Info("connection dropped", "reason", "too many unauthenticated connections (max-startups)",
 			"remote", ra.String(), "unauthenticated", n-1)
 		return netip.Prefix{}, false
@@ -103,6 +105,7 @@ func (c *conn) loginGraceOver() {
 	in := c.loggedIn
 	c.mu.Unlock()
 	if !in {
+		c.s.reg.refused(refusalLoginGrace)
 		c.s.log.Info("login refused", "reason", "login grace time exceeded", "remote", c.remote,
 			"grace", c.s.opts.LoginGraceTime)
 		c.nc.Close()
@@ -137,6 +140,7 @@ func (c *conn) closed() {
 	case c.user == "":
 		c.s.log.Info("connection closed before authentication", "remote", c.remote)
 	default:
+		c.s.reg.refused(refusalNoAuth)
 		c.s.log.Info("login refused", "reason", "no accepted authentication", "user", c.user,
 			"remote", c.remote, "methods_tried", strings.Join(c.methods, ","))
 	}

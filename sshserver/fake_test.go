@@ -34,15 +34,20 @@ type fakeLauncher struct {
 	startErr error
 	// panicOn names a fakeCmd method that panics ("Resize", "Stdio").
 	panicOn atomic.Value
+	since   time.Time // when the fake container started
 }
 
 func newFakeLauncher(t *testing.T) *fakeLauncher {
-	return &fakeLauncher{dir: t.TempDir(), started: make(chan *fakeCmd, 1000)}
+	return &fakeLauncher{dir: t.TempDir(), started: make(chan *fakeCmd, 1000), since: time.Now().Add(-time.Minute).Round(time.Second)}
 }
 
 func (f *fakeLauncher) Warm(context.Context) error { return nil }
 func (f *fakeLauncher) ContainerRunning() bool     { return true }
 func (f *fakeLauncher) Path() string               { return "fake" }
+
+// Container is a container that runs as pid 4200 since the launcher was
+// made.
+func (f *fakeLauncher) Container() (int, time.Time, bool) { return 4200, f.since, true }
 
 func (f *fakeLauncher) Shutdown(context.Context) (bool, error) { return false, nil }
 

@@ -84,6 +84,7 @@ func (se *session) startCommand(req *gossh.Request, r darlingexec.Request) {
 		return
 	}
 	r = se.request(r)
+	se.kind, se.command = whatRuns(r)
 	se.spawn(func() func() {
 		res := se.launch(r)
 		se.pending.Store(&res)

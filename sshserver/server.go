@@ -48,6 +48,12 @@ type Server struct {
 	execSlots chan struct{}
 	// trim returns memory to the kernel when connections stop coming.
 	trim *idleTrim
+	// reg is what the status socket and the metrics report; info is
+	// their ServerInfo, set once the server listens.
+	reg  registry
+	info atomic.Pointer[ServerInfo]
+	// mon, set by Run, is served once the prefix is warm.
+	mon *monitors
 
 	// ctx is cancelled when the server shuts down; running sessions then
 	// end with exit status 255.
@@ -206,6 +212,7 @@ func (s *Server) authLog(c *conn, md gossh.ConnMetadata, method string, err erro
 	}
 	c.attempt(md.User(), method)
 	if method == "password" || method == "keyboard-interactive" {
+		s.reg.refused(refusalMethod)
 		s.log.Info("login refused", "reason", method+" authentication is not offered",
 			"user", md.User(), "remote", c.remote)
 	}
@@ -222,6 +229,7 @@ func (s *Server) connectionFailed(nc net.Conn, err error) {
 // one the login uses (see conn.offer).
 func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
 	refuse := func(reason string) bool {
+		s.reg.refused(publicKeyRefusal(reason))
 		s.log.Info("login refused", "reason", reason, "user", ctx.User(),
 			"remote", ctx.RemoteAddr().String(), "key", gossh.FingerprintSHA256(key))
 		return false
@@ -262,6 +270,7 @@ func (s *Server) verifiedKey(c *conn, md gossh.ConnMetadata, key gossh.PublicKey
 	if ak == nil {
 		return nil, errors.New("key not accepted on this connection")
 	}
+	s.reg.login()
 	s.log.Info("login", "user", md.User(), "remote", c.remote,
 		"key", gossh.FingerprintSHA256(key), "line", ak.Line)
 	return &gossh.Permissions{}, nil
@@ -290,6 +299,12 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("listen %s: %w", opts.Listen, err)
 	}
 	defer l.Close()
+	// The status socket and the metrics address too: a second server on
+	// the same state directory fails here, not after its warm-up.
+	if s.mon, err = openMonitors(opts); err != nil {
+		return err
+	}
+	defer s.mon.close()
 	err = s.run(ctx, l)
 	if opts.StopContainer {
 		ctx, cancel := context.WithTimeout(context.Background(), opts.WarmTimeout)
@@ -320,6 +335,10 @@ func (s *Server) run(ctx context.Context, l net.Listener) error {
 		if err != nil {
 			return err
 		}
+	}
+	s.info.Store(s.serverInfo(l.Addr().String()))
+	if s.mon != nil {
+		s.mon.serve(s)
 	}
 	s.log.Info("listening", "addr", l.Addr().String(), "prefix", s.opts.Prefix,
 		"launcher", s.launcher.Path(), "host_key", gossh.FingerprintSHA256(s.hostKey.PublicKey()))

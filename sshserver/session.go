@@ -80,6 +80,11 @@ type session struct {
 	sftpErr    error                  // why the SFTP server returned; read after sftpDone
 	gone       chan struct{}          // closed when the requests end, for the start task
 
+	// What the status shows: its entry in the server's registry once it
+	// runs, and what it runs (exec or shell, and the command).
+	live          *liveSession
+	kind, command string
+
 	// What it moved: the client's stdin; stdout and stderr.
 	start             time.Time
 	bytesIn, bytesOut atomic.Int64
@@ -105,6 +110,7 @@ func (s *Server) handleSession(_ *gliderssh.Server, sc *gossh.ServerConn, nc gos
 	}
 	if n := c.sessions.Add(1); int(n) > s.opts.MaxSessions {
 		c.sessions.Add(-1)
+		s.reg.refused(refusalMaxSessions)
 		s.log.Info("session refused", "reason", "too many sessions on this connection (max-sessions)",
 			"remote", c.remote, "max", s.opts.MaxSessions)
 		_ = nc.Reject(gossh.ResourceShortage, "too many sessions on this connection")
@@ -176,6 +182,9 @@ func (se *session) enter(p phase) {
 	}
 	se.log.Debug("session phase", "from", se.phase, "to", p)
 	se.phase = p
+	if p == running {
+		se.live = se.s.reg.add(se.statusInfo(), &se.bytesIn, &se.bytesOut)
+	}
 }
 
 // spawn runs f as the session's task, off the loop, and then the function
@@ -324,7 +333,7 @@ func (se *session) maybeClose() {
 // container); by then a container that died has had the sweep's time to
 // leave /proc.
 func (se *session) sweep(outcome string, failed bool) {
-	cmd, l := se.cmd, se.s.launcher
+	cmd, l, live := se.cmd, se.s.launcher, se.live
 	se.spawn(func() func() {
 		cmd.Sweep(context.Background())
 		if failed && !l.ContainerRunning() {
@@ -340,6 +349,7 @@ func (se *session) sweep(outcome string, failed bool) {
 			attrs = append(attrs, "memory_peak", u.MemoryPeak)
 		}
 		se.log.Info("session ended", attrs...)
+		se.s.reg.end(live, outcome)
 		return func() { se.enter(closed) }
 	})
 }
@@ -391,6 +401,7 @@ func (se *session) cleanup() {
 			<-se.sftpDone
 		}
 	}
+	se.s.reg.end(se.live, se.endedUnswept(v != nil))
 	if se.slot {
 		<-se.s.execSlots
 	}
