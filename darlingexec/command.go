@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -290,4 +291,28 @@ func Check(args, env []string) error {
 		}
 	}
 	return nil
+}
+
+// ReadFileBeneath reads the regular file name (a path of several
+// elements, say "private/etc/passwd") below dir, a folder a session can
+// write to, such as the prefix's root from PrefixRoot: no symlink or magic
+// link is followed and dir's filesystem is never left, nothing is opened
+// that is not a regular file (a FIFO or a device a session planted is not
+// read, so it cannot block), and a file over limit bytes is an error, not
+// read on. It is readSmallFile, which reads the prefix's .init.pid, for
+// callers outside this package: one way to read what a session wrote.
+func ReadFileBeneath(dir *os.File, name string, limit int) ([]byte, error) {
+	rc, err := dir.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	var b []byte
+	var rerr error
+	if err := rc.Control(func(fd uintptr) { b, rerr = readSmallFile(int(fd), name, limit) }); err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("read %s: %w", name, rerr)
+	}
+	return b, nil
 }

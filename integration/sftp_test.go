@@ -138,6 +138,35 @@ ln -s /nix/var/nix/profiles/default .nix-profile`, "")
 	}
 }
 
+// TestSFTPNames: `ls -l` shows owners by the names the prefix's own
+// passwd and group give them (gid 0 is the prefix's wheel, not the host's
+// root), and the number for an id neither names.
+func TestSFTPNames(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	r := s.exec(`echo 'prefixuser:*:4242:4343:Prefix User:/var/empty:/usr/bin/false' >> /etc/passwd &&
+echo 'prefixgrp:*:4343:' >> /etc/group &&
+touch /by-root /by-prefixuser /by-nobody && chown 4242:4343 /by-prefixuser && chown 4545:4646 /by-nobody`, "")
+	if r.code != 0 {
+		t.Fatalf("setup: %+v", r)
+	}
+	out, err := s.sftpBatch(t, "ls -l /\n")
+	if err != nil {
+		t.Fatalf("sftp: %v\n%s", err, out)
+	}
+	owners := map[string]string{}
+	for line := range strings.Lines(out) {
+		if f := strings.Fields(line); len(f) >= 9 && strings.HasPrefix(f[8], "by-") {
+			owners[f[8]] = f[2] + ":" + f[3]
+		}
+	}
+	want := map[string]string{"by-root": "root:wheel", "by-prefixuser": "prefixuser:prefixgrp", "by-nobody": "4545:4646"}
+	for name, w := range want {
+		if owners[name] != w {
+			t.Errorf("%s: owner %q, want %q\n%s", name, owners[name], w, out)
+		}
+	}
+}
+
 // TestUnknownSubsystem is refused as sshd refuses it.
 func TestUnknownSubsystem(t *testing.T) {
 	s := startServer(t, serverOpt{})

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,11 @@ import (
 type rootFS struct {
 	root *os.File // O_PATH directory
 	log  *slog.Logger
+
+	// The prefix's user and group names, read at the first listing
+	// (see sftpnames.go).
+	namesOnce     sync.Once
+	users, groups idNames
 }
 
 const resolve = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
