@@ -231,6 +231,7 @@ func startServer(t *testing.T, o serverOpt) *server {
 		"--authorized-keys", s.clientKey + ".pub",
 		"--kill-grace", killGrace.String(),
 		"--known-hosts-out", filepath.Join(dir, "known_hosts_out"),
+		"--state-dir", filepath.Join(dir, "state"), // status.sock: one per server
 		"--shutdown-grace", "1s",
 		"--log-level", "debug",
 	}, o.args...)
@@ -282,7 +283,7 @@ func serveFails(t *testing.T, extra ...string) string {
 	dir := filepath.Dir(prefix)
 	key := newKey(t, dir, "id")
 	args := append([]string{"serve", "--listen", "127.0.0.1:0", "--prefix", prefix, "--darling", bins.standin,
-		"--host-key", filepath.Join(dir, "hk"), "--authorized-keys", key + ".pub", "--known-hosts-out", "",
+		"--host-key", filepath.Join(dir, "hk"), "--authorized-keys", key + ".pub", "--known-hosts-out", "", "--state-dir", filepath.Join(dir, "state"),
 		"--warm-timeout", "30s"}, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

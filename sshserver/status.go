@@ -357,9 +357,11 @@ func openMonitors(opts Options) (*monitors, error) {
 // serve answers on the monitors for s until close.
 func (m *monitors) serve(s *Server) {
 	if m.status != nil {
+		s.log.Info("serving status", "socket", m.status.Addr().String())
 		m.wg.Go(func() { s.serveStatus(m.status) })
 	}
 	if m.metrics != nil {
+		s.log.Info("serving metrics", "url", "http://"+m.metrics.Addr().String()+"/metrics")
 		m.http = s.metricsServer()
 		m.wg.Go(func() { s.serveMetrics(m.http, m.metrics) })
 	}
