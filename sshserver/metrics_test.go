@@ -319,6 +319,9 @@ func TestMetricsSession(t *testing.T) {
 func TestMetricsEscaping(t *testing.T) {
 	f := newFakeLauncher(t)
 	fs := startFake(t, f, nil)
+	// Serve has started once a login passed: gliderlabs' Shutdown races
+	// with a Serve that has not yet tracked its listener.
+	fs.dial(t)
 	weird := []string{`say "hi"`, `back\slash`, "two\nlines", `\n`, `\"`, "ünïcode"}
 	var zero atomic.Int64
 	for _, w := range weird {

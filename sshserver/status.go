@@ -514,7 +514,7 @@ func QueryStatusJSON(ctx context.Context, stateDir string) ([]byte, error) {
 	b, err := io.ReadAll(io.LimitReader(c, maxStatusDoc+1))
 	switch {
 	case err != nil && ctx.Err() != nil:
-		return nil, fmt.Errorf("the server on %s did not answer in time: %w", path, context.Cause(ctx))
+		return nil, fmt.Errorf("the server on %s did not answer in time (it answers once its prefix is warm): %w", path, context.Cause(ctx))
 	case err != nil:
 		return nil, fmt.Errorf("read status from %s: %w", path, err)
 	case len(b) == 0:

@@ -271,6 +271,21 @@ func TestStatusSocket(t *testing.T) {
 		t.Errorf("socket left after close: %v", err)
 	}
 
+	// Opened, not served yet (the warm-up): the client gives up in time.
+	m, err = openMonitors(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := QueryStatus(ctx, state); err == nil || !strings.Contains(err.Error(), "did not answer in time") {
+		t.Errorf("a server warming up: %v", err)
+	}
+	m.close()
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("socket left after close: %v", err)
+	}
+
 	// A fresh state directory is made private.
 	o.StateDir = filepath.Join(dir, "new", "state")
 	m, err = openMonitors(o)
