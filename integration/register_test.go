@@ -157,8 +157,10 @@ func TestRegisterThenNix(t *testing.T) {
 	s := startServer(t, serverOpt{})
 	setupNix(t, s)
 	v := newSystemView(t)
+	// First from the running server's state folder, then from serve's
+	// flags: the same registration.
+	out := v.run(bins.server, "register", "--state-dir", filepath.Join(s.dir, "state"))
 	reg := []string{bins.server, "register", "--listen", s.addr, "--host-key", s.hostKey, "--identity", s.clientKey}
-	out := v.run(reg[0], reg[1:]...)
 	for _, want := range []string{"/etc/ssh/ssh_config.d/darling-sshd-darling-builder.conf: create", "/etc/nix/machines: create",
 		"/etc/ssh/darling-sshd_known_hosts: create", "now check it as Nix will use it:\n  darling-sshd check\n"} {
 		if !strings.Contains(out, want) {

@@ -127,7 +127,7 @@ func fromServer(stateDir string, set map[string]bool, bf *builderFlags) (gossh.P
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := queryStatusTODO(ctx, stateDir)
+	st, err := sshserver.QueryStatus(ctx, stateDir)
 	if err != nil {
 		return nil, err
 	}
@@ -152,10 +152,4 @@ func fromServer(stateDir string, set map[string]bool, bf *builderFlags) (gossh.P
 		}
 	}
 	return pub, nil
-}
-
-func queryStatusTODO(context.Context, string) (*struct {
-	Server struct{ HostKey, Listen, HostAlias, AuthorizedKeys string }
-}, error) {
-	return nil, errors.New("TODO")
 }
