@@ -63,6 +63,10 @@ type Server struct {
 	mu      sync.Mutex
 	closing bool
 	runs    sync.WaitGroup // running session commands
+
+	// hook, set only by tests before the server serves, is called where
+	// a library calls into the server (see at); it may panic.
+	hook func(where string)
 }
 
 // New checks the options, loads the keys and finds the launcher. It does

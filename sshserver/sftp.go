@@ -57,12 +57,22 @@ func (se *session) serveSFTP(req *gossh.Request, root *os.File) {
 		se.enter(closed)
 		return
 	}
+	// A panic on pkg/sftp's sending goroutine ends the connection.
+	wire, err := newSFTPWire(se.ch, se.log, func() { se.sc.Close() }, se.s.hook)
+	if err != nil {
+		root.Close()
+		se.log.Error("sftp not started", "err", err)
+		reply(req, false)
+		se.sendExitStatus(255)
+		se.closeChannel()
+		se.enter(closed)
+		return
+	}
 	reply(req, true)
 	se.enter(running)
 	se.log.Info("sftp started")
-	fsys := &rootFS{root: root, log: se.log}
-	rs := sftp.NewRequestServer(channelOnly{se.ch},
-		sftp.Handlers{FileGet: fsys, FilePut: fsys, FileCmd: fsys, FileList: fsys},
+	fsys := &rootFS{root: root, log: se.log, files: wire.files}
+	rs := sftp.NewRequestServer(wire, sftpHandlers{fs: fsys, log: se.log, hook: se.s.hook}.handlers(),
 		sftp.WithStartDirectory(se.s.home))
 	done := make(chan struct{})
 	se.sftpDone = done
@@ -93,12 +103,3 @@ func (se *session) sftpEnded() {
 		se.enter(closed)
 	}
 }
-
-// channelOnly hides the channel's Close from pkg/sftp's RequestServer,
-// which closes the channel itself when it is done: the exit status must
-// still go out first, or scp and sftp exit 255.
-type channelOnly struct{ ch gossh.Channel }
-
-func (c channelOnly) Read(p []byte) (int, error)  { return c.ch.Read(p) }
-func (c channelOnly) Write(p []byte) (int, error) { return c.ch.Write(p) }
-func (c channelOnly) Close() error                { return nil }

@@ -1,6 +1,8 @@
 package sshserver
 
 import (
+	"encoding/binary"
+	"errors"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -22,8 +24,9 @@ import (
 // above the root. (os.Root refuses absolute symlinks even when they stay
 // inside, so it is not enough.)
 type rootFS struct {
-	root *os.File // O_PATH directory
-	log  *slog.Logger
+	root  *os.File // O_PATH directory
+	log   *slog.Logger
+	files *openFiles // the session's open files (sftpwire.go)
 
 	// The prefix's user and group names, read at the first listing
 	// (see sftpnames.go).
@@ -81,24 +84,57 @@ func (r *rootFS) withParent(p string, f func(dirfd int, base string) error) erro
 
 // Fileread opens a file for reading.
 func (r *rootFS) Fileread(req *sftp.Request) (io.ReaderAt, error) {
-	return r.open(req.Filepath, unix.O_RDONLY, 0)
+	f, err := r.openFile(req)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
-// Filewrite opens a file for writing, with the flags and mode the client
-// asked for.
+// Filewrite opens a file for writing.
 func (r *rootFS) Filewrite(req *sftp.Request) (io.WriterAt, error) {
-	return r.OpenFile(req)
+	f, err := r.openFile(req)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
 }
 
 // OpenFile opens a file for reading and writing.
 func (r *rootFS) OpenFile(req *sftp.Request) (sftp.WriterAtReaderAt, error) {
+	f, err := r.openFile(req)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// openFile opens a file as OpenSSH's sftp-server does (process_open):
+// read, write or both as the open flags say (req.Pflags), with append,
+// create, truncate and exclusive; a file it creates gets the
+// permissions of the open's attributes, if they carry any, else 0666,
+// less the server's umask either way. A file opened to append writes at
+// its end (appendOrder).
+func (r *rootFS) openFile(req *sftp.Request) (*sftpFile, error) {
+	id, mode, err := openAttrs(req.Attrs)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: req.Filepath, Err: err}
+	}
 	pf := req.Pflags()
-	flags := unix.O_WRONLY
-	if pf.Read {
+	flags := unix.O_RDONLY
+	switch {
+	case pf.Read && pf.Write:
 		flags = unix.O_RDWR
+	case pf.Write:
+		flags = unix.O_WRONLY
+	}
+	if pf.Append {
+		flags |= unix.O_APPEND
 	}
 	if pf.Creat {
 		flags |= unix.O_CREAT
+	} else {
+		mode = 0 // openat2 takes a mode only to create
 	}
 	if pf.Trunc {
 		flags |= unix.O_TRUNC
@@ -106,34 +142,148 @@ func (r *rootFS) OpenFile(req *sftp.Request) (sftp.WriterAtReaderAt, error) {
 	if pf.Excl {
 		flags |= unix.O_EXCL
 	}
-	if pf.Append {
-		flags |= unix.O_APPEND
-	}
-	mode := uint32(0o644)
-	if req.AttrFlags().Permissions {
-		mode = req.Attributes().Mode & 0o7777
-	}
 	f, err := r.open(req.Filepath, flags, mode)
 	if err != nil {
 		return nil, err
 	}
-	return &loggedFile{File: f, log: r.log}, nil
+	sf := &sftpFile{File: f, log: r.log, files: r.files}
+	if pf.Append {
+		sf.app = newAppendOrder()
+	}
+	r.files.opened(id, sf)
+	return sf, nil
 }
 
-// loggedFile logs the first failed write of a file (a full disk, say):
-// the client sees the error, the log says which file and why.
-type loggedFile struct {
+// openAttrs reads what the wire put in front of an open's attributes
+// (the request id and the attribute flags), and the permissions among
+// the attributes: 0666 if they carry none, as in OpenSSH.
+func openAttrs(b []byte) (id, mode uint32, err error) {
+	if len(b) < 8 {
+		return 0, 0, errors.New("open request without its attribute flags")
+	}
+	id, flags, b := binary.BigEndian.Uint32(b), binary.BigEndian.Uint32(b[4:]), b[8:]
+	if flags&attrPermissions == 0 {
+		return id, 0o666, nil
+	}
+	at := 0
+	if flags&attrSize != 0 {
+		at += 8
+	}
+	if flags&attrUIDGID != 0 {
+		at += 8
+	}
+	if len(b) < at+4 {
+		return 0, 0, errors.New("open request: attributes too short")
+	}
+	return id, binary.BigEndian.Uint32(b[at:]) & 0o7777, nil
+}
+
+// sftpFile is a file open over SFTP. It logs its first failed write (a
+// full disk, say): the client sees the error, the log says which file and
+// why.
+type sftpFile struct {
 	*os.File
 	log    *slog.Logger
+	files  *openFiles
 	logged atomic.Bool
+	// app orders the writes of a file opened to append; nil otherwise.
+	app *appendOrder
+
+	// Under files.mu: the handle pkg/sftp gave it, and whether it is
+	// closing.
+	handle string
+	closed bool
 }
 
-func (f *loggedFile) WriteAt(p []byte, off int64) (int, error) {
-	n, err := f.File.WriteAt(p, off)
+// WriteAt writes p at off; a file opened to append writes it at its end,
+// in its turn (off is its number, see appendOrder).
+func (f *sftpFile) WriteAt(p []byte, off int64) (int, error) {
+	var n int
+	var err error
+	if f.app != nil {
+		n, err = f.app.write(f.File, p, off)
+	} else {
+		n, err = f.File.WriteAt(p, off)
+	}
 	if err != nil && f.logged.CompareAndSwap(false, true) {
 		f.log.Warn("sftp write failed", "file", f.Name(), "err", err)
 	}
 	return n, err
+}
+
+// Close forgets the file's handle, wakes writes waiting for their turn,
+// and closes it.
+func (f *sftpFile) Close() error {
+	f.files.closing(f)
+	if f.app != nil {
+		f.app.close()
+	}
+	return f.File.Close()
+}
+
+// appendOrder runs the writes to a file opened to append one at a time,
+// at the file's end (O_APPEND), in the order the client sent them, as
+// OpenSSH's sftp-server, which serves requests one after another, does:
+// pkg/sftp runs writes on several workers at once, so two writes of one
+// upload could otherwise land in the wrong order. The wire numbers each
+// write to an append handle as it reads it (issue) and passes the number
+// as the write's offset, top bit set; a copy-data into the file takes a
+// number too. A write without a number (the wire did not know the handle)
+// is appended when it comes.
+type appendOrder struct {
+	issued atomic.Uint64 // numbers given out; the wire's reader only
+
+	mu     sync.Mutex
+	turned *sync.Cond
+	next   uint64 // whose turn it is
+	closed bool
+}
+
+func newAppendOrder() *appendOrder {
+	a := &appendOrder{}
+	a.turned = sync.NewCond(&a.mu)
+	return a
+}
+
+// issue takes the next number.
+func (a *appendOrder) issue() uint64 { return a.issued.Add(1) - 1 }
+
+// wait waits for n's turn; false if the file closed first.
+func (a *appendOrder) wait(n uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for a.next != n && !a.closed {
+		a.turned.Wait()
+	}
+	return !a.closed
+}
+
+// done passes the turn on.
+func (a *appendOrder) done() {
+	a.mu.Lock()
+	a.next++
+	a.mu.Unlock()
+	a.turned.Broadcast()
+}
+
+// close wakes every write still waiting: the file is closing.
+func (a *appendOrder) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.turned.Broadcast()
+}
+
+// write appends p in the turn off names.
+func (a *appendOrder) write(f *os.File, p []byte, off int64) (int, error) {
+	if off >= 0 {
+		return f.Write(p)
+	}
+	if !a.wait(uint64(off) &^ stampBit) {
+		return 0, os.ErrClosed
+	}
+	defer a.done()
+	return f.Write(p)
 }
 
 // Filecmd runs setstat, rename, remove, mkdir, rmdir, link and symlink.
@@ -149,8 +299,8 @@ func (r *rootFS) Filecmd(req *sftp.Request) error {
 		return r.withParent(req.Filepath, func(d int, b string) error { return unix.Unlinkat(d, b, 0) })
 	case "Mkdir":
 		mode := uint32(0o755)
-		if req.AttrFlags().Permissions {
-			mode = req.Attributes().Mode & 0o7777
+		if a := req.Attributes(); a != nil && req.AttrFlags().Permissions {
+			mode = a.Mode & 0o7777
 		}
 		return r.withParent(req.Filepath, func(d int, b string) error { return unix.Mkdirat(d, b, mode) })
 	case "Symlink":
@@ -158,6 +308,9 @@ func (r *rootFS) Filecmd(req *sftp.Request) error {
 		// stored as sent: resolved later, it stays inside the root.
 		return r.withParent(req.Target, func(d int, b string) error { return unix.Symlinkat(req.Filepath, d, b) })
 	case "Link":
+		if c, ok := r.files.takeCopy(req.Filepath); ok {
+			return r.copyData(c)
+		}
 		return r.withParent(req.Filepath, func(od int, ob string) error {
 			return r.withParent(req.Target, func(nd int, nb string) error { return unix.Linkat(od, ob, nd, nb, 0) })
 		})
@@ -181,6 +334,10 @@ func (r *rootFS) rename(from, to string, flags uint) error {
 // changed through /proc/self/fd, so no path is resolved on the host.
 func (r *rootFS) setstat(req *sftp.Request) error {
 	flags, attrs := req.AttrFlags(), req.Attributes()
+	if attrs == nil {
+		// Attributes shorter than their flags say.
+		return sftp.ErrSSHFxBadMessage
+	}
 	if flags.Size {
 		f, err := r.open(req.Filepath, unix.O_WRONLY, 0)
 		if err != nil {
