@@ -38,20 +38,6 @@ func TestInit(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "nix.conf: unchanged") || !strings.Contains(out, "/var/empty: unchanged") {
 		t.Errorf("second init changed something: exit %d\n%s", code, out)
 	}
-	// A person edits the managed file: reported and kept.
-	edited := string(conf) + "extra-substituters = https://example.invalid\n"
-	os.WriteFile(prefixView(t, prefix, "etc/nix/nix.conf"), []byte(edited), 0o644)
-	out, code = runInit(t, prefix, "--max-jobs", "3")
-	if code != 0 || !strings.Contains(out, "edited by hand; left alone") {
-		t.Errorf("init over an edited file: exit %d\n%s", code, out)
-	}
-	if b, _ := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf")); string(b) != edited {
-		t.Error("the edited file was changed")
-	}
-	out, code = runInit(t, prefix, "--max-jobs", "3", "--force")
-	if b, _ := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf")); code != 0 || !strings.Contains(string(b), "max-jobs = 3\n") {
-		t.Errorf("init --force: exit %d\n%s\n%s", code, out, b)
-	}
 	// Sharing the store links /nix, only when asked.
 	if target, err := os.Readlink(prefixView(t, prefix, "nix")); err == nil {
 		t.Errorf("/nix linked without --share-store: %s", target)
@@ -59,6 +45,177 @@ func TestInit(t *testing.T) {
 	out, code = runInit(t, prefix, "--share-store")
 	if target, _ := os.Readlink(prefixView(t, prefix, "nix")); code != 0 || target != "/Volumes/SystemRoot/nix" {
 		t.Errorf("--share-store: exit %d, /nix -> %q\n%s", code, target, out)
+	}
+}
+
+// readConf returns the prefix's nix.conf as its processes see it.
+func readConf(t *testing.T, prefix string) string {
+	t.Helper()
+	b, err := os.ReadFile(prefixView(t, prefix, "etc/nix/nix.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestInitNixConf: --nix-conf settings land after init's own, in the
+// order given, and a change of init's flags rewrites its own file.
+func TestInitNixConf(t *testing.T) {
+	prefix := tempPrefix(t)
+	out, code := runInit(t, prefix, "--nix-conf", "extra-platforms=x86_64-darwin", "--nix-conf", "substituters =",
+		"--nix-conf", "extra-trusted-public-keys = k:AAAA k2:BBBB", "--nix-conf", "min-free=2147483648")
+	if code != 0 || !strings.Contains(out, "/etc/nix/nix.conf: written") {
+		t.Fatalf("init --nix-conf: exit %d\n%s", code, out)
+	}
+	if conf := readConf(t, prefix); !strings.HasSuffix(conf, "max-jobs = 4\nmax-free = 4294967296\n"+
+		"extra-platforms = x86_64-darwin\nsubstituters =\nextra-trusted-public-keys = k:AAAA k2:BBBB\nmin-free = 2147483648\n") ||
+		strings.Contains(conf, "min-free = 1073741824") {
+		t.Errorf("nix.conf:\n%s", conf)
+	}
+	for _, args := range [][]string{
+		{"--nix-conf", "extra-platforms=x86_64-darwin"},
+		{"--nix-conf", "extra-platforms=x86_64-darwin", "--system-features", "big-parallel"},
+		{"--nix-conf", "extra-platforms=x86_64-darwin", "--system-features", "big-parallel", "--max-jobs", "1"},
+		{"--system-features", "big-parallel", "--max-jobs", "1"},
+	} {
+		out, code := runInit(t, prefix, args...)
+		if code != 0 || !strings.Contains(out, "/etc/nix/nix.conf: written\n") {
+			t.Errorf("init %v after other flags: exit %d\n%s", args, code, out)
+		}
+	}
+	if conf := readConf(t, prefix); !strings.HasSuffix(conf, "max-jobs = 1\nsystem-features = big-parallel\nmin-free = 1073741824\nmax-free = 4294967296\n") {
+		t.Errorf("nix.conf after the flags changed:\n%s", conf)
+	}
+}
+
+// TestInitOldManagedFile: the file the previous version of init wrote,
+// with that version's header, is taken for init's own and rewritten.
+func TestInitOldManagedFile(t *testing.T) {
+	prefix := tempPrefix(t)
+	if _, code := runInit(t, prefix); code != 0 {
+		t.Fatal("first init failed")
+	}
+	old := "# Written by darling-sshd init; edit it there, or your edit is kept only until init --force.\n" +
+		"# darling-sshd-managed sha256=a6cd2ac73d18775d66b8562e9dd47a7c315835709f5755de58d1aed08b53c957\n" +
+		"build-users-group =\nsandbox = false\nexperimental-features = nix-command flakes\ntrusted-users = root\n" +
+		"max-jobs = 4\nmin-free = 1073741824\nmax-free = 4294967296\n"
+	if err := os.WriteFile(prefixView(t, prefix, "etc/nix/nix.conf"), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runInit(t, prefix, "--nix-conf", "extra-platforms=x86_64-darwin")
+	if conf := readConf(t, prefix); code != 0 || !strings.Contains(out, "/etc/nix/nix.conf: written\n") || !strings.HasSuffix(conf, "extra-platforms = x86_64-darwin\n") {
+		t.Errorf("init over the previous version's file: exit %d\n%s\n%s", code, out, conf)
+	}
+}
+
+// TestInitHandEdit: a managed file a person edited is kept, init shows
+// what it would change and fails, until --force.
+func TestInitHandEdit(t *testing.T) {
+	prefix := tempPrefix(t)
+	if out, code := runInit(t, prefix, "--max-jobs", "2"); code != 0 {
+		t.Fatalf("first init: exit %d\n%s", code, out)
+	}
+	edited := strings.Replace(readConf(t, prefix), "max-jobs = 2\n", "max-jobs = 2\nextra-platforms = x86_64-darwin\n", 1)
+	if err := os.WriteFile(prefixView(t, prefix, "etc/nix/nix.conf"), []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := runInit(t, prefix, "--max-jobs", "3")
+	for _, want := range []string{
+		"/etc/nix/nix.conf: edited by hand; left alone",
+		"--- /etc/nix/nix.conf (in the prefix, as it is)\n+++ /etc/nix/nix.conf (as init would write it)\n@@ ",
+		"\n-max-jobs = 2\n-extra-platforms = x86_64-darwin\n+max-jobs = 3\n min-free = ",
+		"init --force overwrites it",
+		"/var/empty: unchanged", // the other steps still ran
+		"darling-sshd init: /etc/nix/nix.conf in the prefix: edited by hand; left alone (init --force overwrites it)\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("init over an edited file lacks %q: exit %d\n%s", want, code, out)
+		}
+	}
+	if code != 1 {
+		t.Errorf("init over an edited file: exit %d, want 1", code)
+	}
+	if conf := readConf(t, prefix); conf != edited {
+		t.Errorf("the edited file was changed:\n%s", conf)
+	}
+	// Even with init's flags unchanged, the edit is reported.
+	if out, code := runInit(t, prefix, "--max-jobs", "2"); code != 1 || !strings.Contains(out, "-extra-platforms = x86_64-darwin\n") {
+		t.Errorf("init with the first flags over an edited file: exit %d\n%s", code, out)
+	}
+	out, code = runInit(t, prefix, "--max-jobs", "3", "--force")
+	if conf := readConf(t, prefix); code != 0 || !strings.Contains(out, "written over a hand edit (--force)") ||
+		!strings.Contains(conf, "max-jobs = 3\n") || strings.Contains(conf, "extra-platforms") {
+		t.Errorf("init --force: exit %d\n%s\n%s", code, out, conf)
+	}
+	if out, code := runInit(t, prefix, "--max-jobs", "3"); code != 0 || !strings.Contains(out, "nix.conf: unchanged") {
+		t.Errorf("init after --force: exit %d\n%s", code, out)
+	}
+	// A nix.conf init did not write (no header) is a person's too.
+	os.WriteFile(prefixView(t, prefix, "etc/nix/nix.conf"), []byte("sandbox = false\n"), 0o644)
+	if out, code := runInit(t, prefix, "--max-jobs", "3"); code != 1 || !strings.Contains(out, "\n sandbox = false\n") {
+		t.Errorf("init over a foreign nix.conf: exit %d\n%s", code, out)
+	}
+}
+
+// TestInitNixConfRefused: a --nix-conf init cannot write as asked is a
+// usage error, one line pointing to -h, before anything runs.
+func TestInitNixConfRefused(t *testing.T) {
+	prefix := tempPrefix(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nix-conf", "extra-platforms"}, "want KEY=VALUE"},
+		{[]string{"--nix-conf", "bad key=1"}, "want a letter, then letters, digits"},
+		{[]string{"--nix-conf", "k=a\nmax-jobs = 99"}, "a line break cannot be written in nix.conf"},
+		{[]string{"--nix-conf", "k=https://x#y"}, "'#' starts a comment"},
+		{[]string{"--nix-conf", "max-jobs=8"}, "init sets max-jobs itself: use --max-jobs"},
+		{[]string{"--nix-conf", "system-features=kvm"}, "init sets system-features itself: use --system-features"},
+		{[]string{"--nix-conf", "sandbox=true"}, "init sets sandbox itself"},
+		{[]string{"--nix-conf", "include=/x"}, "include is nix.conf's directive"},
+		{[]string{"--nix-conf", "substituters=", "--nix-conf", "substituters=https://a"}, "substituters given twice"},
+	} {
+		out, code := runInit(t, prefix, tc.args...)
+		if code != 2 || strings.Count(out, "\n") != 1 || !strings.Contains(out, "invalid value") || !strings.Contains(out, tc.want) ||
+			!strings.HasSuffix(out, "; see darling-sshd init -h\n") {
+			t.Errorf("init %q: exit %d\n%s", tc.args, code, out)
+		}
+	}
+	if _, err := os.Stat(prefix); err == nil {
+		t.Error("a refused init created the prefix")
+	}
+}
+
+// TestInitPrefixBuilds: with init's nix.conf, the prefix's Nix builds an
+// x86_64-darwin derivation as root. The stand-in's is Linux's Nix (the
+// host's, through its /usr), so it needs extra-platforms, as `make run`
+// passes it; without, it refuses the derivation's system.
+func TestInitPrefixBuilds(t *testing.T) {
+	if _, err := exec.LookPath("nix-build"); err != nil {
+		t.Fatal("nix-build not found: make test installs nix-bin")
+	}
+	prefix := tempPrefix(t)
+	build := func() (string, error) {
+		expr := `derivation { name = "init-builds"; system = "x86_64-darwin"; builder = "/bin/sh"; args = [ "-c" "echo built > $out" ]; }`
+		out, err := standin(prefix, "shell", "nix-build", "--no-out-link", "-E", expr).CombinedOutput()
+		return string(out), err
+	}
+	if out, code := runInit(t, prefix, "--nix-conf", "substituters="); code != 0 {
+		t.Fatalf("init: exit %d\n%s", code, out)
+	}
+	if out, err := build(); err == nil || !strings.Contains(out, "x86_64-darwin") {
+		t.Errorf("a Linux Nix built an x86_64-darwin derivation without extra-platforms: %v\n%s", err, out)
+	}
+	if out, code := runInit(t, prefix, "--nix-conf", "substituters=", "--nix-conf", "extra-platforms=x86_64-darwin"); code != 0 {
+		t.Fatalf("init: exit %d\n%s", code, out)
+	}
+	out, err := build()
+	path := strings.TrimSpace(out[strings.LastIndex(strings.TrimSpace(out), "\n")+1:])
+	if err != nil || !strings.HasPrefix(path, "/nix/store/") {
+		t.Fatalf("build in the prefix: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(prefixView(t, prefix, path[1:])); err != nil || string(b) != "built\n" {
+		t.Errorf("%s: %q %v", path, b, err)
 	}
 }
 

@@ -126,19 +126,43 @@ in
       '';
     };
 
+    extraNixConf = lib.mkOption {
+      type = with lib.types; attrsOf (oneOf [ str int bool (listOf str) ]);
+      default = { };
+      example = lib.literalExpression ''
+        {
+          extra-substituters = [ "https://cache.example.org" ];
+          extra-trusted-public-keys = [ "cache.example.org-1:…" ];
+          min-free = 2147483648;
+        }
+      '';
+      description = ''
+        More settings for the prefix's nix.conf, passed to
+        `darling-sshd init` as `--nix-conf KEY=VALUE` and written after
+        init's own, in name order; a list's items are separated by spaces.
+        `min-free` and `max-free` replace init's defaults. Settings init
+        writes itself are refused at start (`max-jobs` and
+        `system-features` come from `maxJobs` and the features options;
+        add to `experimental-features` or `trusted-users` with their
+        `extra-` forms). A Darling prefix's Nix is x86_64-darwin, so
+        `extra-platforms` is not needed.
+      '';
+    };
+
     installNix = lib.mkOption {
       type = lib.types.bool;
       default = false;
       description = ''
-        Install Nix inside the prefix at start if it is missing, with the
-        single-user installer of `nixVersion`. Needs network access at
-        service start.
+        Install Nix inside the prefix at start if it is missing: the
+        single-user steps of Nix's installer for `nixVersion`, done by hand
+        (the installer refuses a single-user install on macOS, which Darling
+        reports itself as). Needs network access at service start.
       '';
     };
 
     nixVersion = lib.mkOption {
       type = lib.types.str;
-      default = "2.24.12";
+      default = dlib.defaults.nixVersion;
       description = "Nix version to install when `installNix` is set.";
     };
   };
@@ -171,15 +195,14 @@ in
           lib.optional cfg.installNix "${pkgs.writeShellScript "darling-builder-install-nix" ''
             set -euo pipefail
             if ${darling} shell test -x /nix/var/nix/profiles/default/bin/nix-store; then exit 0; fi
-            url=https://releases.nixos.org/nix/nix-${cfg.nixVersion}/nix-${cfg.nixVersion}-x86_64-darwin.tar.xz
-            ${darling} shell /bin/sh -c "cd /private/tmp && curl -fsSL $url | tar -xJ && ./nix-${cfg.nixVersion}-x86_64-darwin/install --no-daemon"
+            ${darling} shell /bin/sh -c ${lib.escapeShellArg (dlib.installNixScript { version = cfg.nixVersion; })}
           ''}"
           ++ [
             (dlib.initCommand {
               package = cfg.package;
               prefix = cfg.prefixPath;
               inherit darling;
-              inherit (cfg) prefixStyle maxJobs shareStore;
+              inherit (cfg) prefixStyle maxJobs shareStore extraNixConf;
               systemFeatures = lib.unique (cfg.supportedFeatures ++ cfg.mandatoryFeatures);
             })
           ];

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 
 	"github.com/darling-sshd/darling-sshd/darlingexec"
 	"github.com/darling-sshd/darling-sshd/sshserver"
@@ -16,6 +18,8 @@ func initCmd(fs *flag.FlagSet) action {
 	share := fs.Bool("share-store", false, "link the prefix's /nix to the host's store (unsafe for remote builds: both Nix daemons lock the same paths)")
 	features := fs.String("system-features", "", "comma-separated system-features for the prefix's nix.conf")
 	maxJobs := fs.Int("max-jobs", 4, "max-jobs for the prefix's nix.conf")
+	var nixConf nixConfFlag
+	fs.Var(&nixConf, "nix-conf", "add the setting `KEY=VALUE` to the prefix's nix.conf, after init's own (repeatable, a key at most once; min-free and max-free replace init's; keys init sets itself are refused)")
 	force := fs.Bool("force", false, "overwrite managed files a person edited")
 	warmTimeout := fs.Duration("warm-timeout", sshserver.DefaultOptions().WarmTimeout, "how long warming the prefix may take")
 	return func(stdout, stderr io.Writer) int {
@@ -35,11 +39,40 @@ func initCmd(fs *flag.FlagSet) action {
 			return failed(stderr, "init", err)
 		}
 		err = l.Init(context.Background(), darlingexec.InitOptions{
-			ShareStore: *share, SystemFeatures: list(*features), MaxJobs: *maxJobs, Force: *force,
+			ShareStore: *share, SystemFeatures: list(*features), MaxJobs: *maxJobs,
+			NixConf: nixConf, Force: *force,
 		}, stdout)
 		if err != nil {
 			return failed(stderr, "init", err)
 		}
 		return 0
 	}
+}
+
+// nixConfFlag collects --nix-conf settings, each checked as it is given,
+// so that a bad one is a usage error naming it. A key given twice is
+// refused rather than the last taking effect: for an extra- list setting
+// both values may have been meant, and the flag cannot tell.
+type nixConfFlag []darlingexec.NixSetting
+
+func (f *nixConfFlag) String() string {
+	s := make([]string, len(*f))
+	for i, v := range *f {
+		s[i] = v.String()
+	}
+	return strings.Join(s, " ")
+}
+
+func (f *nixConfFlag) Set(v string) error {
+	s, err := darlingexec.ParseNixSetting(v)
+	if err != nil {
+		return err
+	}
+	for _, have := range *f {
+		if have.Key == s.Key {
+			return fmt.Errorf("%s given twice; give it once (a list's items separated by spaces)", s.Key)
+		}
+	}
+	*f = append(*f, s)
+	return nil
 }
