@@ -2,6 +2,7 @@ package sshserver
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -52,13 +53,32 @@ func connOf(ctx gliderssh.Context) *conn {
 	return c
 }
 
+// logger returns the server's logger with the connection's fields.
+func (c *conn) logger() *slog.Logger { return c.s.log.With("remote", c.remote) }
+
+// abort ends the connection: its socket is closed, and the SSH
+// connection on it fails.
+func (c *conn) abort() {
+	if c != nil {
+		c.nc.Close()
+	}
+}
+
 // connCallback admits a connection (see admit), keeps its state in its
 // context and starts its login grace time: a connection that has not
 // logged in by then is closed, as sshd's LoginGraceTime does. A timer,
 // not a deadline: gliderlabs resets the conn's deadlines on every read
 // and write.
-func (s *Server) connCallback(ctx gliderssh.Context, nc net.Conn) net.Conn {
+func (s *Server) connCallback(ctx gliderssh.Context, nc net.Conn) (ret net.Conn) {
 	remote := nc.RemoteAddr().String()
+	defer contain(s.log.With("remote", remote), "connection callback", func() {
+		// gliderlabs closes a connection it gets nil for without ending
+		// its context, and the close path would never run: hand it back
+		// closed, so that its handshake fails and the path runs.
+		nc.Close()
+		ret = nc
+	})
+	s.at("conn", remote)
 	src, ok := s.admit(nc.RemoteAddr())
 	if !ok {
 		return nil
@@ -101,6 +121,8 @@ func (s *Server) admit(ra net.Addr) (src netip.Prefix, ok bool) {
 }
 
 func (c *conn) loginGraceOver() {
+	defer contain(c.logger(), "login grace timer", c.abort)
+	c.s.at("logingrace", c.remote)
 	c.mu.Lock()
 	in := c.loggedIn
 	c.mu.Unlock()
@@ -127,6 +149,8 @@ func (c *conn) leaveUnauthed() {
 // closed runs once the connection has closed: it stops its timers and
 // logs a login that never succeeded.
 func (c *conn) closed() {
+	defer contain(c.logger(), "connection close", nil)
+	c.s.at("closed", c.remote)
 	c.loginTimer.Stop()
 	c.leaveUnauthed()
 	c.mu.Lock()
@@ -212,6 +236,8 @@ func (c *conn) startKeepalive(sc *gossh.ServerConn) {
 // unanswered: a client that vanished never holds a build for ever. A
 // silent but answering client is never cut off.
 func (c *conn) keepalive() {
+	defer contain(c.logger(), "keepalive timer", c.abort)
+	c.s.at("keepalive", c.remote)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ended {
@@ -229,6 +255,7 @@ func (c *conn) keepalive() {
 	} else {
 		c.pending = true
 		go func() {
+			defer contain(c.logger(), "keepalive", c.abort)
 			// Any answer, success or failure, shows the client is there.
 			if _, _, err := c.sc.SendRequest("keepalive@openssh.com", true, nil); err == nil {
 				c.mu.Lock()

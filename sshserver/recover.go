@@ -41,3 +41,12 @@ func contain(log *slog.Logger, where string, then func()) {
 	}()
 	then()
 }
+
+// at is where tests inject panics: it calls the server's hook, set only
+// by tests, with the place the server was entered and the remote address
+// of the connection it was entered for.
+func (s *Server) at(where, remote string) {
+	if h := s.hook.Load(); h != nil {
+		(*h)(where, remote)
+	}
+}

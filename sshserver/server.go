@@ -64,10 +64,14 @@ type Server struct {
 	closing bool
 	runs    sync.WaitGroup // running session commands
 
-	// hook, set only by tests before the server serves, is called where
-	// a library calls into the server (see at); it may panic.
-	hook func(where string)
+	// hook, set only by tests, is called where a library calls into
+	// the server (see at); it may panic.
+	hook atomic.Pointer[hookFunc]
 }
+
+// hookFunc is a test's hook: where the server was entered, and the
+// remote address of the connection it was entered for ("" if none).
+type hookFunc func(where, remote string)
 
 // New checks the options, loads the keys and finds the launcher. It does
 // not warm the prefix or listen yet.
@@ -189,8 +193,22 @@ func hostEnv() []string {
 
 // serverConfig sets the algorithms explicitly (x/crypto's defaults include
 // SHA-1 and NIST choices) and ties authentication to the connection.
-func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
+func (s *Server) serverConfig(ctx gliderssh.Context) (cfg *gossh.ServerConfig) {
 	c := connOf(ctx)
+	var remote string // gliderlabs sets ctx.RemoteAddr only after the handshake
+	if c != nil {
+		remote = c.remote
+	}
+	log := s.log.With("remote", remote)
+	defer contain(log, "server config callback", func() {
+		// gliderlabs adds the host key to what it gets back: a config
+		// that lets no key in, on a connection that is closed.
+		cfg = &gossh.ServerConfig{VerifiedPublicKeyCallback: func(gossh.ConnMetadata, gossh.PublicKey, *gossh.Permissions, string) (*gossh.Permissions, error) {
+			return nil, errors.New("refused")
+		}}
+		c.abort()
+	})
+	s.at("config", remote)
 	return &gossh.ServerConfig{
 		Config: gossh.Config{
 			KeyExchanges: []string{gossh.KeyExchangeMLKEM768X25519, gossh.KeyExchangeCurve25519},
@@ -200,11 +218,20 @@ func (s *Server) serverConfig(ctx gliderssh.Context) *gossh.ServerConfig {
 		// Only keys and signature algorithms without SHA-1.
 		PublicKeyAuthAlgorithms: []string{gossh.KeyAlgoED25519, gossh.KeyAlgoSKED25519, gossh.KeyAlgoECDSA256,
 			gossh.KeyAlgoECDSA384, gossh.KeyAlgoECDSA521, gossh.KeyAlgoSKECDSA256, gossh.KeyAlgoRSASHA256, gossh.KeyAlgoRSASHA512},
-		VerifiedPublicKeyCallback: func(md gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (*gossh.Permissions, error) {
+		VerifiedPublicKeyCallback: func(md gossh.ConnMetadata, key gossh.PublicKey, _ *gossh.Permissions, _ string) (perms *gossh.Permissions, err error) {
+			defer contain(log, "verified key callback", func() {
+				perms, err = nil, errors.New("refused")
+				c.abort()
+			})
+			s.at("verified", remote)
 			return s.verifiedKey(c, md, key)
 		},
-		MaxAuthTries:    s.opts.MaxAuthTries,
-		AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) { s.authLog(c, md, method, err) },
+		MaxAuthTries: s.opts.MaxAuthTries,
+		AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) {
+			defer contain(log, "authentication log callback", c.abort)
+			s.at("authlog", remote)
+			s.authLog(c, md, method, err)
+		},
 	}
 }
 
@@ -225,13 +252,20 @@ func (s *Server) authLog(c *conn, md gossh.ConnMetadata, method string, err erro
 // connectionFailed logs why a handshake ended; the connection's close
 // logs what that meant for its login.
 func (s *Server) connectionFailed(nc net.Conn, err error) {
+	defer contain(s.log.With("remote", nc.RemoteAddr().String()), "connection failed callback", nil)
+	s.at("failed", nc.RemoteAddr().String())
 	s.log.Debug("handshake ended", "remote", nc.RemoteAddr().String(), "err", err)
 }
 
 // publicKey decides public key authentication: the user must be allowed
 // and the key listed in the authorized keys file. The entry found is the
 // one the login uses (see conn.offer).
-func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) bool {
+func (s *Server) publicKey(ctx gliderssh.Context, key gliderssh.PublicKey) (ok bool) {
+	defer contain(s.log.With("remote", ctx.RemoteAddr().String(), "user", ctx.User()), "public key callback", func() {
+		ok = false
+		connOf(ctx).abort()
+	})
+	s.at("publickey", ctx.RemoteAddr().String())
 	refuse := func(reason string) bool {
 		s.reg.refused(publicKeyRefusal(reason))
 		s.log.Info("login refused", "reason", reason, "user", ctx.User(),

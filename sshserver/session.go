@@ -101,6 +101,10 @@ type session struct {
 // handler, which sends exit-status without EOF, rewrites output once a pty
 // was requested and can deadlock on early window-change requests.
 func (s *Server) handleSession(_ *gliderssh.Server, sc *gossh.ServerConn, nc gossh.NewChannel, ctx gliderssh.Context) {
+	// gliderlabs runs this on a goroutine of its own: a panic before the
+	// session's loop takes over ends the connection.
+	defer contain(s.log.With("remote", sc.RemoteAddr().String(), "user", sc.User()), "session channel handler", func() { sc.Close() })
+	s.at("channel", sc.RemoteAddr().String())
 	c := connOf(ctx)
 	opts, ok := c.options()
 	if !ok {

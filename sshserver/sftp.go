@@ -58,7 +58,8 @@ func (se *session) serveSFTP(req *gossh.Request, root *os.File) {
 		return
 	}
 	// A panic on pkg/sftp's sending goroutine ends the connection.
-	wire, err := newSFTPWire(se.ch, se.log, func() { se.sc.Close() }, se.s.hook)
+	hook := func(where string) { se.s.at(where, se.c.remote) }
+	wire, err := newSFTPWire(se.ch, se.log, func() { se.sc.Close() }, hook)
 	if err != nil {
 		root.Close()
 		se.log.Error("sftp not started", "err", err)
@@ -72,7 +73,7 @@ func (se *session) serveSFTP(req *gossh.Request, root *os.File) {
 	se.enter(running)
 	se.log.Info("sftp started")
 	fsys := &rootFS{root: root, log: se.log, files: wire.files}
-	rs := sftp.NewRequestServer(wire, sftpHandlers{fs: fsys, log: se.log, hook: se.s.hook}.handlers(),
+	rs := sftp.NewRequestServer(wire, sftpHandlers{fs: fsys, log: se.log, hook: hook}.handlers(),
 		sftp.WithStartDirectory(se.s.home))
 	done := make(chan struct{})
 	se.sftpDone = done
