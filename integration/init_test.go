@@ -3,8 +3,10 @@ package integration
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runInit runs `darling-sshd init` on a stand-in prefix.
@@ -216,6 +218,31 @@ func TestInitPrefixBuilds(t *testing.T) {
 	}
 	if b, err := os.ReadFile(prefixView(t, prefix, path[1:])); err != nil || string(b) != "built\n" {
 		t.Errorf("%s: %q %v", path, b, err)
+	}
+}
+
+// TestInitStopContainer: with --stop-container, init stops a container it
+// cold-started for its own commands, and leaves one it found running.
+func TestInitStopContainer(t *testing.T) {
+	prefix := tempPrefix(t)
+	out, code := runInit(t, prefix, "--stop-container")
+	if code != 0 || !strings.Contains(out, "container: stopped (init had started it)") {
+		t.Errorf("init --stop-container on a cold prefix: exit %d\n%s", code, out)
+	}
+	// Gone, not a zombie, which the launcher would take for a container.
+	if pid := containerPidOf(prefix); pid != 0 && !waitFor(10*time.Second, func() bool {
+		_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+		return err != nil
+	}) {
+		t.Errorf("the container init started, %d, still runs", pid)
+	}
+	if err := standin(prefix, "shell", "true").Run(); err != nil {
+		t.Fatal(err)
+	}
+	pid := containerPidOf(prefix)
+	out, code = runInit(t, prefix, "--stop-container")
+	if code != 0 || !strings.Contains(out, "container: left running (init did not start it)") || !alive(pid) {
+		t.Errorf("init --stop-container on a running container: exit %d, pid %d alive %v\n%s", code, pid, alive(pid), out)
 	}
 }
 

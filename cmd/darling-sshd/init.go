@@ -21,6 +21,7 @@ func initCmd(fs *flag.FlagSet) action {
 	var nixConf nixConfFlag
 	fs.Var(&nixConf, "nix-conf", "add the setting `KEY=VALUE` to the prefix's nix.conf, after init's own (repeatable, a key at most once; min-free and max-free replace init's; keys init sets itself are refused)")
 	force := fs.Bool("force", false, "overwrite managed files a person edited")
+	stop := fs.Bool("stop-container", false, "when done, stop the prefix's container if init started it (one found running is left alone)")
 	warmTimeout := fs.Duration("warm-timeout", sshserver.DefaultOptions().WarmTimeout, "how long warming the prefix may take")
 	return func(stdout, stderr io.Writer) int {
 		if *maxJobs < 1 {
@@ -38,14 +39,34 @@ func initCmd(fs *flag.FlagSet) action {
 		if err != nil {
 			return failed(stderr, "init", err)
 		}
-		err = l.Init(context.Background(), darlingexec.InitOptions{
+		ctx := context.Background()
+		err = l.Init(ctx, darlingexec.InitOptions{
 			ShareStore: *share, SystemFeatures: list(*features), MaxJobs: *maxJobs,
 			NixConf: nixConf, Force: *force,
 		}, stdout)
+		if *stop {
+			stopContainer(ctx, l, stdout, stderr)
+		}
 		if err != nil {
 			return failed(stderr, "init", err)
 		}
 		return 0
+	}
+}
+
+// stopContainer stops the prefix's container if init's warm-up started
+// it, so that a container init cold-started for its few commands does not
+// outlive it (a server started next warms its own, and may stop it on
+// exit). A failure to stop is a warning: init's work is done either way.
+func stopContainer(ctx context.Context, l *darlingexec.Launcher, stdout, stderr io.Writer) {
+	stopped, err := l.Shutdown(ctx)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "darling-sshd init: warning: stopping the prefix's container: %v\n", err)
+	case stopped:
+		fmt.Fprintln(stdout, "container: stopped (init had started it)")
+	default:
+		fmt.Fprintln(stdout, "container: left running (init did not start it)")
 	}
 }
 
