@@ -84,7 +84,8 @@ func closedByServer(nc net.Conn) bool {
 // TestPanicsEndOneConnection injects a panic into each kind of function a
 // library calls: gliderlabs' callbacks (connection, server config, public
 // key, connection failed, channel handler), x/crypto's (verified key,
-// authentication log), timers (login grace, keepalive, close), every
+// authentication log, its reads of the connection: the identification
+// check), timers (login grace, keepalive, close), every
 // handler and file method pkg/sftp's workers call, and pkg/sftp's reading
 // and sending. Each panic is logged and ends that connection or fails
 // that request; an SFTP upload on another connection runs throughout and
@@ -181,6 +182,7 @@ func TestPanicsEndOneConnection(t *testing.T) {
 		{"verified", loginFails},
 		{"authlog", loginFails},
 		{"failed", func(t *testing.T) { rawFrom(t, s, victim).Close() }},
+		{"banner", loginFails},
 		{"logingrace", func(t *testing.T) {
 			if !closedByServer(rawFrom(t, s, victim)) {
 				t.Error("the connection outlived its login grace time")
