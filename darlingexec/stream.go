@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,6 +112,9 @@ func (o *Output) WriteTo(w io.Writer) (int64, error) {
 	burst := false
 	for {
 		buf, n, err := o.readPooled(rc, burst)
+		if burst && err == nil && n < coalesceTarget {
+			n, err = o.coalesce(rc, *buf, n)
+		}
 		if n > 0 {
 			nw, werr := w.Write((*buf)[:n])
 			total += int64(nw)
@@ -160,6 +164,62 @@ func (o *Output) readPooled(rc syscall.RawConn, burst bool) (buf *[]byte, n int,
 		n, err = 0, io.EOF
 	}
 	return buf, n, err
+}
+
+// coalesceTarget is the output a burst gathers before it is written: an
+// SSH packet's worth (OpenSSH's client takes 32 KiB packets). Each write
+// becomes at least one packet, which costs both ends a MAC, a header and
+// the client a decryption call; a command that writes in small pieces
+// (head writes 8 KiB, and a busy machine splits reads further) would
+// otherwise cost a packet per piece.
+const coalesceTarget = 32 << 10
+
+// coalesceWait bounds how long a burst waits for more output to fill a
+// packet. It is paid once at a burst's end, never by a quiet stream: a
+// request-and-answer protocol's replies go out at once.
+const coalesceWait = 500 * time.Microsecond
+
+// coalesce adds to buf[:n], during a burst, what the command writes
+// within coalesceWait, until coalesceTarget bytes are there. It returns
+// the new length; an error (EOF) comes with the bytes read before it,
+// which are written first.
+func (o *Output) coalesce(rc syscall.RawConn, buf []byte, n int) (int, error) {
+	deadline := time.Now().Add(coalesceWait)
+	for n < coalesceTarget && n < len(buf) {
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return n, nil
+		}
+		var m int
+		var rerr error
+		more := false
+		err := rc.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			ts := unix.NsecToTimespec(wait.Nanoseconds())
+			if k, _ := unix.Ppoll(pfd, &ts, nil); k <= 0 {
+				return
+			}
+			for {
+				m, rerr = unix.Read(int(fd), buf[n:])
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			more = true
+		})
+		switch {
+		case err != nil:
+			return n, nil
+		case !more || rerr == unix.EAGAIN:
+			return n, nil
+		case rerr != nil || m <= 0:
+			// The end, or an error: what was read goes out; the next
+			// read reports it.
+			return n, nil
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // Input is the command's stdin: a pipe, or the terminal.

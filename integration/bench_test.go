@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,8 +34,48 @@ type benchServer struct {
 	ssh  []string // ssh arguments up to the host
 	// nixURL and nixOpts reach the server from Nix (NIX_SSHOPTS).
 	nixURL, nixOpts string
-	cpu             func() float64
 	rss             func() int // KiB
+	// usage starts counting the CPU time and write system calls the
+	// server spends on the connections that follow; the function it
+	// returns gives them.
+	usage func() func() (cpu, writes float64)
+}
+
+// transferStats are one server's numbers for one transfer workload.
+type transferStats struct {
+	rate        []float64 // MB/s per run
+	cpu, writes float64   // server CPU seconds and write calls, per run (= per GiB)
+}
+
+// syscw is a process's write system calls so far.
+func syscw(pid int) float64 {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/io")
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "syscw: "); ok {
+			n, _ := strconv.ParseFloat(v, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// startBusy starts n processes that spin, each pinned to one core, and
+// returns what stops them.
+func startBusy(t *testing.T, n int) func() {
+	var cmds []*exec.Cmd
+	for i := range n {
+		c := exec.Command("taskset", "-c", strconv.Itoa(i%runtime.NumCPU()), "sh", "-c", "while :; do :; done")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, c)
+	}
+	return func() {
+		for _, c := range cmds {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
 }
 
 func procCPU(pid int, children bool) float64 {
@@ -90,7 +132,17 @@ MaxStartups 200:30:300
 ForceCommand exec env HOME=/root DPREFIX=%s %s shell /bin/sh -c "$SSH_ORIGINAL_COMMAND"
 `, port, dir, dir, dir, s.prefix, bins.standin)
 	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
-	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", filepath.Join(dir, "sshd_config"))
+	// sshd runs the ForceCommand through root's login shell (bash -c),
+	// which reads its startup files for a command that came over ssh
+	// (Debian's bash sources /etc/bash.bashrc and ~/.bashrc then), and
+	// sshd itself runs ~/.ssh/rc or /etc/ssh/sshrc: none of that is
+	// sshd's cost, and on these machines root's .bashrc takes 0.7 s. So
+	// sshd runs in a mount namespace where each of those files is empty.
+	mask := `for f in /etc/bash.bashrc /etc/profile /root/.bashrc /root/.profile /root/.bash_profile /root/.bash_login /root/.ssh/rc /etc/ssh/sshrc /root/.ssh/environment; do
+  if [ -e "$f" ]; then mount --bind /dev/null "$f" || exit 1; fi
+done
+exec /usr/sbin/sshd -D -e -f "$1"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", mask, "sh", filepath.Join(dir, "sshd_config"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +164,38 @@ ForceCommand exec env HOME=/root DPREFIX=%s %s shell /bin/sh -c "$SSH_ORIGINAL_C
 		// sshd's per-connection processes are reaped by the listener: their
 		// time is in its children's time (with the launcher's, which is
 		// small: the command runs in the container, not below sshd).
-		cpu: func() float64 { return procCPU(pid, true) },
+		// sshd works in two processes per connection, which exit with
+		// the transfer and are reaped some time later: their CPU time
+		// and writes are polled while they live (the last 20 ms can be
+		// missed, well under 1%).
+		usage: func() func() (float64, float64) {
+			seen := map[int][2]float64{}
+			done, stopped := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(stopped)
+				for {
+					for _, p := range procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd: root") }) {
+						if c := procCPU(p, false); c > 0 || syscw(p) > 0 {
+							seen[p] = [2]float64{c, syscw(p)}
+						}
+					}
+					select {
+					case <-done:
+						return
+					case <-time.After(20 * time.Millisecond):
+					}
+				}
+			}()
+			return func() (cpu, writes float64) {
+				close(done)
+				<-stopped
+				for _, u := range seen {
+					cpu += u[0]
+					writes += u[1]
+				}
+				return cpu, writes
+			}
+		},
 		rss: func() int {
 			return rssOf(append([]int{pid}, procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd:") })...)...)
 		},
@@ -162,12 +245,23 @@ func TestBench(t *testing.T) {
 	pid := s.cmd.Process.Pid
 	ours := &benchServer{name: "darling-sshd", ssh: []string{"-F", s.sshConfig, "dut"},
 		nixURL: "ssh://dut", nixOpts: "-F " + s.sshConfig,
-		cpu: func() float64 { return procCPU(pid, false) }, rss: func() int { return rssOf(pid) }}
+		rss: func() int { return rssOf(pid) },
+		usage: func() func() (float64, float64) {
+			c0, w0 := procCPU(pid, false), syscw(pid)
+			return func() (float64, float64) { return procCPU(pid, false) - c0, syscw(pid) - w0 }
+		}}
 	openssh, stop := startOpenSSH(t, s)
 	defer stop()
 	results := map[string]map[string]any{"darling-sshd": {}, "openssh": {}}
 	var rows [][3]string
+	// BENCH_ROWS, a regular expression, runs only the rows it matches
+	// (the session start rows always run: transfers need their time).
+	only := regexp.MustCompile(os.Getenv("BENCH_ROWS"))
+	want := func(name string) bool { return only.MatchString(name) || strings.Contains(name, "`ssh host true`") }
 	row := func(name string, f func(b *benchServer) (float64, string)) {
+		if !want(name) {
+			return
+		}
 		var vals [2]float64
 		var texts [2]string
 		for i, b := range []*benchServer{ours, openssh} {
@@ -260,7 +354,9 @@ func TestBench(t *testing.T) {
 		launcher = append(launcher, timeRun(t, "env", []string{"DPREFIX=" + s.prefix, bins.standin, "shell", "/bin/sh", "-c", "true"}, ""))
 	}
 	lt := summarize(launcher).Median
-	t.Logf("launcher alone: %.3f s", lt)
+	row("the launcher alone, `darling shell /bin/sh -c true` (s, median of 50; the same for both)", func(*benchServer) (float64, string) {
+		return lt, fmt.Sprintf("%.3f", lt)
+	})
 	row("time added beyond the launcher (s)", func(b *benchServer) (float64, string) {
 		return trueTime[b.name] - lt, fmt.Sprintf("%.3f", trueTime[b.name]-lt)
 	})
@@ -277,35 +373,59 @@ func TestBench(t *testing.T) {
 		st := summarize(xs)
 		return st.Median, fmt.Sprintf("%.3f", st.Median)
 	})
-	for _, cipher := range []string{"aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"} {
+	// Transfers alternate between the servers, run by run, so that both
+	// see the same machine; contended ones run with one busy process
+	// pinned to each core, as on a builder that compiles while it
+	// transfers. Server writes per GiB tell the packets the client gets.
+	transfers := func(cipher, dir string, busy int) map[string]*transferStats {
+		stop := startBusy(t, busy)
+		defer stop()
+		stats := map[string]*transferStats{}
+		for range 5 {
+			for _, b := range []*benchServer{ours, openssh} {
+				st := stats[b.name]
+				if st == nil {
+					st = &transferStats{}
+					stats[b.name] = st
+				}
+				used := b.usage()
+				var sec float64
+				if dir == "download" {
+					sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "head -c 1073741824 /dev/zero"), "exec >/dev/null;")
+				} else {
+					sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "cat > /dev/null"), "head -c 1073741824 /dev/zero |")
+				}
+				st.rate = append(st.rate, gib/1e6/(sec-trueTime[b.name]))
+				cpu, writes := used()
+				st.cpu += cpu / 5
+				st.writes += writes / 5
+			}
+		}
+		return stats
+	}
+	for _, tc := range []struct {
+		cipher string
+		busy   int
+	}{{"aes128-gcm@openssh.com", 0}, {"chacha20-poly1305@openssh.com", 0}, {"aes128-gcm@openssh.com", runtime.NumCPU()}} {
 		for _, dir := range []string{"download", "upload"} {
-			var cpu [2]float64
-			row(fmt.Sprintf("%s %s 1 GiB (MB/s, median of 5)", dir, strings.Split(cipher, "@")[0]), func(b *benchServer) (float64, string) {
-				var xs []float64
-				c0 := b.cpu()
-				for range 5 {
-					var sec float64
-					if dir == "download" {
-						sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "head -c 1073741824 /dev/zero"), "exec >/dev/null;")
-					} else {
-						sec = timeRun(t, "ssh", append(sshArgs(b, "-c", cipher), "cat > /dev/null"), "head -c 1073741824 /dev/zero |")
-					}
-					xs = append(xs, gib/1e6/(sec-trueTime[b.name]))
-				}
-				i := 0
-				if b == openssh {
-					i = 1
-				}
-				cpu[i] = (b.cpu() - c0) / 5
-				st := summarize(xs)
+			load := ""
+			if tc.busy > 0 {
+				load = fmt.Sprintf(", %d busy processes pinned to the cores", tc.busy)
+			}
+			name := fmt.Sprintf("%s %s 1 GiB%s", dir, strings.Split(tc.cipher, "@")[0], load)
+			if !want(name + " (MB/s, median of 5)") {
+				continue
+			}
+			stats := transfers(tc.cipher, dir, tc.busy)
+			row(name+" (MB/s, median of 5)", func(b *benchServer) (float64, string) {
+				st := summarize(stats[b.name].rate)
 				return st.Median, fmt.Sprintf("%.0f (%.0f-%.0f)", st.Median, st.Min, st.Max)
 			})
-			row(fmt.Sprintf("server CPU s/GiB, %s %s", dir, strings.Split(cipher, "@")[0]), func(b *benchServer) (float64, string) {
-				i := 0
-				if b == openssh {
-					i = 1
-				}
-				return cpu[i], fmt.Sprintf("%.2f", cpu[i])
+			row("server CPU s/GiB, "+name, func(b *benchServer) (float64, string) {
+				return stats[b.name].cpu, fmt.Sprintf("%.2f", stats[b.name].cpu)
+			})
+			row("server writes per GiB, "+name, func(b *benchServer) (float64, string) {
+				return stats[b.name].writes, fmt.Sprintf("%.0f", stats[b.name].writes)
 			})
 		}
 	}
