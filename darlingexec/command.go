@@ -91,6 +91,7 @@ type Launcher struct {
 	unreadable string    // the last .init.pid read error, under contMu: logged once
 	ours       container // the container a warm-up of ours started, under contMu
 
+	pool    *pool   // launchers started ahead of exec sessions, or nil
 	tracker tracker // follows running sessions' processes
 	bufs    buffers // lent to the sessions' streams while data flows
 

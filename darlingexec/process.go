@@ -73,6 +73,11 @@ func (l *Launcher) Start(ctx context.Context, req Request) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	if l.pool != nil && pooled(req) {
+		if p, ok := l.pool.serve(ctx, s); ok {
+			return p, nil
+		}
+	}
 	p, err := l.launch(ctx, s)
 	if !errors.Is(err, errContainerStopped) {
 		return p, err

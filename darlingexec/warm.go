@@ -110,6 +110,9 @@ func (l *Launcher) warm(ctx context.Context) error {
 			"prefix", l.Prefix, "pidfile", filepath.Join(l.Prefix, initPidFile))
 	}
 	l.Log.Info("prefix warm", "prefix", l.Prefix, "took", time.Since(start).Round(time.Millisecond))
+	if l.pool != nil {
+		l.pool.wake()
+	}
 	return nil
 }
 

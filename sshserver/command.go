@@ -50,6 +50,10 @@ type Launcher interface {
 	// Shutdown stops the prefix's container if this server's warm-up
 	// started it, and reports whether it did.
 	Shutdown(ctx context.Context) (bool, error)
+	// StartPool keeps n launchers started ahead of exec sessions without
+	// a terminal; Close ends those still idle.
+	StartPool(n int)
+	Close()
 }
 
 // darling adapts darlingexec's Launcher to Launcher.

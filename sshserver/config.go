@@ -65,6 +65,9 @@ type Options struct {
 	// server's warm-up started it (make run); one it found running is
 	// left alone.
 	StopContainer bool
+	// Prespawn is how many launchers are kept started ahead of the exec
+	// sessions without a terminal that will use them (0: none).
+	Prespawn int
 	// Hurry, once it receives or is closed, cuts the shutdown grace
 	// short: running sessions are ended at once (a second Ctrl-C).
 	Hurry <-chan struct{}
@@ -94,6 +97,7 @@ func DefaultOptions() Options {
 		KnownHostsOut:      "/var/lib/darling-sshd/known_hosts",
 		HostAlias:          "darling-builder",
 		StateDir:           "/var/lib/darling-sshd",
+		Prespawn:           2,
 
 		// Half of MaxStartups' start: one source alone never starts the
 		// random early drop, and 32 logins at once from one host (the Nix
@@ -135,7 +139,8 @@ func (o *Options) Validate() error {
 		flag   string
 		v, min int
 	}{{"max-auth-tries", o.MaxAuthTries, 1}, {"max-sessions", o.MaxSessions, 1}, {"max-exec", o.MaxExec, 0},
-		{"keepalive-count-max", o.KeepaliveCountMax, 1}, {"per-source-max-startups", o.PerSourceMaxStartups, 0}} {
+		{"keepalive-count-max", o.KeepaliveCountMax, 1}, {"per-source-max-startups", o.PerSourceMaxStartups, 0},
+		{"prespawn", o.Prespawn, 0}} {
 		if n.v < n.min {
 			return bad(n.flag, fmt.Sprintf("must be at least %d", n.min))
 		}

@@ -51,6 +51,10 @@ func (f *fakeLauncher) Container() (int, time.Time, bool) { return 4200, f.since
 
 func (f *fakeLauncher) Shutdown(context.Context) (bool, error) { return false, nil }
 
+func (f *fakeLauncher) StartPool(int) {}
+
+func (f *fakeLauncher) Close() {}
+
 func (f *fakeLauncher) PrefixRoot(context.Context) (*os.File, error) { return os.Open(f.dir) }
 
 func (f *fakeLauncher) Start(ctx context.Context, r darlingexec.Request) (Command, error) {

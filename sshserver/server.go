@@ -365,6 +365,10 @@ func (s *Server) run(ctx context.Context, l net.Listener) error {
 	if err := s.launcher.Warm(ctx); err != nil {
 		return err
 	}
+	// Launchers started ahead of exec sessions (--prespawn) are not
+	// sessions; they end after the sessions do.
+	s.launcher.StartPool(s.opts.Prespawn)
+	defer s.launcher.Close()
 	if s.opts.KnownHostsOut != "" {
 		host, port, err := auth.ClientHost(l.Addr().String())
 		if err == nil {

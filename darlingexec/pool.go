@@ -1,0 +1,302 @@
+package darlingexec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A pool keeps launchers started ahead of the exec sessions that will use
+// them (--prespawn). Every Nix remote build opens a new connection and so
+// would pay a whole `darling shell` start (a launcher, a shellspawn fork
+// in the container, bash --login through Darling's loader and the
+// prefix's profile) before its command runs; none of that needs the
+// client's command. A member has done all of it and waits, in its
+// script, for one line on stdin: the path of a request file the server
+// has just written into the prefix through the container's view. The
+// file holds the session's environment and the usual session script; the
+// member's shell runs it (it first removes itself), and the rest of stdin
+// is the client's, byte-exact. Each member has its own marker from the
+// start, so the tracker, the cgroup and the start marker work as for any
+// session.
+type pool struct {
+	l    *Launcher
+	size int
+
+	mu     sync.Mutex
+	idle   []*Process
+	closed bool
+
+	kick   chan struct{} // a member is wanted, or the container was warmed
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // the refill loop has returned
+}
+
+// requestDir is the folder at the prefix's root that request files are
+// written to, created by the server (0700) and verified each time: a
+// session can replace it, and nothing is written through a link.
+const requestDir = ".darling-sshd-requests"
+
+// StartPool starts keeping n launchers ahead of the exec sessions, from
+// the next warm-up on; n 0 keeps none. Close ends them.
+func (l *Launcher) StartPool(n int) {
+	if n <= 0 || l.pool != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	pl := &pool{l: l, size: n, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	l.pool = pl
+	go pl.refill()
+	pl.wake()
+}
+
+// Close ends the pool's idle launchers, each with all it started, and
+// waits for that. Sessions already handed out are not touched.
+func (l *Launcher) Close() {
+	pl := l.pool
+	if pl == nil {
+		return
+	}
+	pl.mu.Lock()
+	pl.closed = true
+	idle := pl.idle
+	pl.idle = nil
+	pl.mu.Unlock()
+	pl.cancel()
+	<-pl.done
+	ctx, cancel := context.WithTimeout(context.Background(), l.KillGrace+5*time.Second)
+	defer cancel()
+	for _, p := range idle {
+		p.discard(ctx)
+	}
+}
+
+// wake asks the refill loop to look again.
+func (pl *pool) wake() {
+	select {
+	case pl.kick <- struct{}{}:
+	default:
+	}
+}
+
+// refill starts members until the pool is full, whenever it is woken: at
+// start, when a member is taken or dies, and after each warm-up. It never
+// warms the prefix itself: a container that went away is started again by
+// the next session that needs it, and the pool fills after that.
+func (pl *pool) refill() {
+	defer close(pl.done)
+	for {
+		select {
+		case <-pl.ctx.Done():
+			return
+		case <-pl.kick:
+		}
+		for pl.wanted() && pl.l.containerPid() != 0 {
+			p, err := pl.l.spawnMember(pl.ctx)
+			if err != nil {
+				if pl.ctx.Err() == nil {
+					pl.l.Log.Warn("cannot start a launcher ahead of the sessions", "err", err)
+				}
+				break
+			}
+			if !pl.add(p) {
+				p.discard(context.Background())
+				return
+			}
+			go pl.watch(p)
+		}
+	}
+}
+
+// wanted reports whether the pool has room.
+func (pl *pool) wanted() bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return !pl.closed && len(pl.idle) < pl.size
+}
+
+// add puts a member in the pool; false once the pool is closed.
+func (pl *pool) add(p *Process) bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.closed {
+		return false
+	}
+	pl.idle = append(pl.idle, p)
+	return true
+}
+
+// watch drops a member whose launcher ends while it waits (its container
+// went away): it is not handed out, and its processes are ended.
+func (pl *pool) watch(p *Process) {
+	<-p.done
+	if pl.remove(p) {
+		p.discard(context.Background())
+	}
+}
+
+// remove takes p out of the idle members; false if it was not there.
+func (pl *pool) remove(p *Process) bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for i, q := range pl.idle {
+		if q == p {
+			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// take hands out an idle member whose launcher still runs, or nil.
+func (pl *pool) take() *Process {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for len(pl.idle) > 0 {
+		p := pl.idle[0]
+		pl.idle = pl.idle[1:]
+		select {
+		case <-p.done:
+			go p.discard(context.Background())
+		default:
+			return p
+		}
+	}
+	return nil
+}
+
+// memberScript is what a member's shell runs: the session's first steps
+// (home, the Nix profiles on PATH, the cgroup gate), then it waits for the
+// request file's path and runs it with the same shell, so that the
+// session script's waiting shell stays shellspawn's direct child.
+func memberScript(gate string) string {
+	return `cd "$HOME" 2>/dev/null; ` + nixPath + "; " + gate + `IFS= read -r _r || exit 255; exec /bin/sh "$_r"`
+}
+
+// spawnMember starts a launcher that waits for its request.
+func (l *Launcher) spawnMember(ctx context.Context) (*Process, error) {
+	id, err := newSessionID()
+	if err != nil {
+		return nil, err
+	}
+	s := session{id: id, marker: "\x1edarling-sshd:" + id + "\x1e", env: l.Env(Request{}, id)}
+	if l.Cgroups != nil {
+		s.gate = gateStep(false)
+	}
+	if l.Style == StyleFlag {
+		s.args = append(s.args, "--prefix", l.Prefix)
+	}
+	s.args = append(s.args, "shell", "/bin/sh", "-c", memberScript(s.gate))
+	return l.launch(ctx, s)
+}
+
+// shellName is what a pooled request can export: the name of a shell
+// variable. Anything else goes through the launcher's environment, on a
+// launcher of its own.
+var shellName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// pooled reports whether req can be served by a pool member: an exec
+// without a terminal whose environment the request file can carry.
+func pooled(req Request) bool {
+	if req.PTY != nil || req.Command == "" {
+		return false
+	}
+	for _, kv := range req.Env {
+		if k, _, _ := strings.Cut(kv, "="); !shellName.MatchString(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// serve hands req to a pool member: writes its request file into the
+// prefix, sends the member the file's path, and returns the member as the
+// session's process. ok is false when no member could take it.
+func (pl *pool) serve(ctx context.Context, s session) (*Process, bool) {
+	p := pl.take()
+	if p == nil {
+		return nil, false
+	}
+	pl.wake()
+	var path string
+	err := errors.New("its start marker has already passed")
+	if p.Stdout.head != nil {
+		path, err = pl.l.writeRequest(p.procs.id, requestScript(s, p.Stdout.head.marker))
+	}
+	if err == nil {
+		_, err = p.Stdin.Write([]byte(path + "\n"))
+	}
+	if err != nil {
+		pl.l.Log.Warn("cannot hand a session to a launcher started ahead; starting one for it", "err", err)
+		go p.discard(context.Background())
+		return nil, false
+	}
+	return p, true
+}
+
+// requestScript is a request file: it removes itself, sets the session's
+// environment, and runs the session script with the member's marker.
+func requestScript(s session, marker []byte) string {
+	var b strings.Builder
+	b.WriteString(`rm -f "$0"; `)
+	env := s.req.Env
+	if s.req.User != "" {
+		env = append([]string{"USER=" + s.req.User, "LOGNAME=" + s.req.User}, env...)
+	}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		b.WriteString("export " + k + "=" + shQuote(v) + "; ")
+	}
+	b.WriteString(script(s.req.Command, string(marker), ""))
+	return b.String()
+}
+
+// writeRequest writes a request file into the prefix through the
+// container's view and returns its path as the prefix's processes see it.
+// The folder is made by us and checked to be ours; nothing is followed
+// through a link, and the file is new (O_EXCL).
+func (l *Launcher) writeRequest(id, text string) (string, error) {
+	root, viaContainer, err := l.openView()
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(root)
+	if !viaContainer {
+		return "", errors.New("no container view of the prefix to write the request to")
+	}
+	if err := unix.Mkdirat(root, requestDir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		return "", fmt.Errorf("create %s in the prefix: %w", requestDir, err)
+	}
+	dir, err := unix.Openat2(root, requestDir, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: beneath})
+	if err != nil {
+		return "", fmt.Errorf("open %s in the prefix: %w", requestDir, err)
+	}
+	defer unix.Close(dir)
+	var st unix.Stat_t
+	if err := unix.Fstat(dir, &st); err != nil || int(st.Uid) != unix.Geteuid() || st.Mode&0o077 != 0 {
+		return "", fmt.Errorf("%s in the prefix is not the server's own folder (uid %d, mode %o): %v", requestDir, st.Uid, st.Mode&0o777, err)
+	}
+	name := "req-" + id
+	fd, err := unix.Openat2(dir, name, &unix.OpenHow{
+		Flags: unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW, Mode: 0o600, Resolve: beneath,
+	})
+	if err != nil {
+		return "", fmt.Errorf("create the request file: %w", err)
+	}
+	defer unix.Close(fd)
+	for b := []byte(text); len(b) > 0; {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			return "", fmt.Errorf("write the request file: %w", err)
+		}
+		b = b[n:]
+	}
+	return "/" + requestDir + "/" + name, nil
+}
