@@ -108,7 +108,21 @@ func rssOf(pids ...int) int {
 	return total
 }
 
-func startOpenSSH(t *testing.T, s *server) (*benchServer, func()) {
+// oursOf is the bench's view of a darling-sshd started by the harness.
+func oursOf(s *server, name string) *benchServer {
+	pid := s.cmd.Process.Pid
+	return &benchServer{name: name, ssh: []string{"-F", s.sshConfig, "dut"},
+		nixURL: "ssh://dut", nixOpts: "-F " + s.sshConfig,
+		rss: func() int { return rssOf(pid) },
+		usage: func() func() (float64, float64) {
+			c0, w0 := procCPU(pid, false), syscw(pid)
+			return func() (float64, float64) { return procCPU(pid, false) - c0, syscw(pid) - w0 }
+		}}
+}
+
+// startOpenSSH starts sshd with a ForceCommand through launcher into the
+// prefix of s.
+func startOpenSSH(t *testing.T, s *server, launcher string) (*benchServer, func()) {
 	dir := filepath.Join(s.dir, "openssh")
 	os.MkdirAll(dir, 0o700)
 	os.MkdirAll("/run/sshd", 0o755)
@@ -130,7 +144,7 @@ PermitRootLogin yes
 KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
 MaxStartups 200:30:300
 ForceCommand exec env HOME=/root DPREFIX=%s %s shell /bin/sh -c "$SSH_ORIGINAL_COMMAND"
-`, port, dir, dir, dir, s.prefix, bins.standin)
+`, port, dir, dir, dir, s.prefix, launcher)
 	os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
 	// sshd runs the ForceCommand through root's login shell (bash -c),
 	// which reads its startup files for a command that came over ssh
@@ -205,7 +219,7 @@ exec /usr/sbin/sshd -D -e -f "$1"`
 		cmd.Wait()
 		// sshd's sessions outlive a killed listener.
 		for _, p := range procsMatching(func(cl string) bool {
-			return strings.Contains(cl, bins.standin) || strings.HasPrefix(cl, "sshd:")
+			return strings.Contains(cl, launcher) || strings.HasPrefix(cl, "sshd:")
 		}) {
 			killPid(p)
 		}
@@ -242,15 +256,8 @@ func timeRun(t *testing.T, name string, args []string, stdin string) float64 {
 func TestBench(t *testing.T) {
 	const gib = 1 << 30
 	s := startServer(t, serverOpt{})
-	pid := s.cmd.Process.Pid
-	ours := &benchServer{name: "darling-sshd", ssh: []string{"-F", s.sshConfig, "dut"},
-		nixURL: "ssh://dut", nixOpts: "-F " + s.sshConfig,
-		rss: func() int { return rssOf(pid) },
-		usage: func() func() (float64, float64) {
-			c0, w0 := procCPU(pid, false), syscw(pid)
-			return func() (float64, float64) { return procCPU(pid, false) - c0, syscw(pid) - w0 }
-		}}
-	openssh, stop := startOpenSSH(t, s)
+	ours := oursOf(s, "darling-sshd")
+	openssh, stop := startOpenSSH(t, s, bins.standin)
 	defer stop()
 	results := map[string]map[string]any{"darling-sshd": {}, "openssh": {}}
 	var rows [][3]string
@@ -258,13 +265,17 @@ func TestBench(t *testing.T) {
 	// (the session start rows always run: transfers need their time).
 	only := regexp.MustCompile(os.Getenv("BENCH_ROWS"))
 	want := func(name string) bool { return only.MatchString(name) || strings.Contains(name, "`ssh host true`") }
-	row := func(name string, f func(b *benchServer) (float64, string)) {
+	// rowOf is a row for a and b; row compares ours with openssh.
+	rowOf := func(name string, a, b *benchServer, f func(b *benchServer) (float64, string)) {
 		if !want(name) {
 			return
 		}
 		var vals [2]float64
 		var texts [2]string
-		for i, b := range []*benchServer{ours, openssh} {
+		for i, b := range []*benchServer{a, b} {
+			if results[b.name] == nil {
+				results[b.name] = map[string]any{}
+			}
 			vals[i], texts[i] = f(b)
 			results[b.name][name] = vals[i]
 		}
@@ -275,6 +286,7 @@ func TestBench(t *testing.T) {
 		rows = append(rows, [3]string{name, texts[0] + " | " + texts[1], ratio})
 		t.Logf("%-44s %-40s %s", name, texts[0]+" | "+texts[1], ratio)
 	}
+	row := func(name string, f func(b *benchServer) (float64, string)) { rowOf(name, ours, openssh, f) }
 	sshArgs := func(b *benchServer, extra ...string) []string {
 		return append(append(append([]string{}, extra...), "-o", "KexAlgorithms=curve25519-sha256"), b.ssh...)
 	}
@@ -373,6 +385,60 @@ func TestBench(t *testing.T) {
 		st := summarize(xs)
 		return st.Median, fmt.Sprintf("%.3f", st.Median)
 	})
+	// Session start with the pool of launchers (--prespawn, on by
+	// default) and without, with the stand-in as it is and with a launcher
+	// 200 ms slower (a wrapper that sleeps, then execs the stand-in: a real
+	// Darling start costs far more than the stand-in's), against sshd with
+	// the same launcher. Over ControlMaster, sessions come one at a time,
+	// each after the launcher's own time twice over, so that the pool has
+	// refilled: the case of a builder whose builds do not all start at
+	// once. A fresh connection adds the handshake.
+	slow := filepath.Join(s.dir, "slow-launcher")
+	os.WriteFile(slow, []byte("#!/bin/sh\nsleep 0.2\nexec "+bins.standin+" \"$@\"\n"), 0o755)
+	for _, lc := range []struct{ name, path string }{{"stand-in", bins.standin}, {"stand-in + 200 ms", slow}} {
+		name := "session start, launcher " + lc.name
+		if !want(name) {
+			continue
+		}
+		pooled := oursOf(startServer(t, serverOpt{args: []string{"--darling", lc.path}}), "darling-sshd, pool of 2")
+		unpooledServer := startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "0"}})
+		unpooled := oursOf(unpooledServer, "darling-sshd, --prespawn 0")
+		sshd, stopSSHD := startOpenSSH(t, unpooledServer, lc.path)
+		var xs []float64
+		for range 20 {
+			xs = append(xs, timeRun(t, "env", []string{"DPREFIX=" + unpooledServer.prefix, lc.path, "shell", "/bin/sh", "-c", "true"}, ""))
+		}
+		own := summarize(xs).Median
+		t.Logf("%s: the launcher alone %.3f s", name, own)
+		paced := func(b *benchServer) (float64, string) {
+			sock := filepath.Join(s.dir, "cmp-"+strconv.Itoa(len(rows)))
+			master := exec.Command("ssh", sshArgs(b, "-o", "ControlMaster=yes", "-o", "ControlPath="+sock, "-N")...)
+			master.Start()
+			defer func() { master.Process.Kill(); master.Wait() }()
+			waitFor(time.Minute, func() bool { _, err := os.Stat(sock); return err == nil })
+			var xs []float64
+			for range 20 {
+				time.Sleep(time.Duration(2*own*float64(time.Second)) + 50*time.Millisecond)
+				xs = append(xs, timeRun(t, "ssh", append(sshArgs(b, "-o", "ControlPath="+sock), "true"), ""))
+			}
+			st := summarize(xs)
+			return st.Median, fmt.Sprintf("%.3f (%.2fx the launcher's %.3f)", st.Median, st.Median/own, own)
+		}
+		fresh := func(b *benchServer) (float64, string) {
+			var xs []float64
+			for range 20 {
+				time.Sleep(time.Duration(2*own*float64(time.Second)) + 50*time.Millisecond)
+				xs = append(xs, timeRun(t, "ssh", append(sshArgs(b), "true"), ""))
+			}
+			st := summarize(xs)
+			return st.Median, fmt.Sprintf("%.3f", st.Median)
+		}
+		for _, b := range []*benchServer{pooled, unpooled} {
+			rowOf(fmt.Sprintf("%s: ControlMaster `ssh host true`, one at a time (s, median of 20), %s", name, b.name), b, sshd, paced)
+			rowOf(fmt.Sprintf("%s: fresh `ssh host true`, one at a time (s, median of 20), %s", name, b.name), b, sshd, fresh)
+		}
+		stopSSHD()
+	}
 	// Transfers alternate between the servers, run by run, so that both
 	// see the same machine; contended ones run with one busy process
 	// pinned to each core, as on a builder that compiles while it

@@ -29,7 +29,10 @@ func TestFaults(t *testing.T) {
 	dir := t.TempDir()
 	launcher := filepath.Join(dir, "darling")
 	copyFile(t, bins.standin, launcher)
-	s := startServer(t, serverOpt{args: []string{"--darling", launcher}})
+	// Faults of a launcher's start: a launcher started ahead of the
+	// session (--prespawn) would have started before the fault
+	// (TestPrespawn covers those).
+	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "0"}})
 
 	os.Remove(launcher)
 	if r := s.exec("echo hi", ""); r.code != 255 || !strings.Contains(r.stderr, "no such file") {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -43,11 +44,19 @@ func TestSessionsLeaveNothing(t *testing.T) {
 		round()
 	}
 	launchd := launchdOf(t, containerPidOf(s.prefix))
+	// Launchers started ahead of sessions (--prespawn) and their shells in
+	// the container wait for a request: they are not sessions.
+	notIdle := func(pids []int) []int {
+		return slices.DeleteFunc(pids, func(pid int) bool {
+			cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			return bytes.Contains(cl, []byte("IFS= read -r _r || exit 255; exec /bin/sh"))
+		})
+	}
 	if !waitFor(30*time.Second, func() bool {
-		return len(sessionProcs(launchd)) == 0 && len(childrenOf(s.cmd.Process.Pid)) == 0
+		return len(notIdle(sessionProcs(launchd))) == 0 && len(notIdle(childrenOf(s.cmd.Process.Pid))) == 0
 	}) {
 		var left []string
-		for _, pid := range append(sessionProcs(launchd), childrenOf(s.cmd.Process.Pid)...) {
+		for _, pid := range append(notIdle(sessionProcs(launchd)), notIdle(childrenOf(s.cmd.Process.Pid))...) {
 			cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 			left = append(left, fmt.Sprintf("%d %q", pid, cl))
 		}

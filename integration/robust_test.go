@@ -108,16 +108,18 @@ func TestInheritedFdsDoNotLeak(t *testing.T) {
 	if strings.Contains(out.String(), pipe) {
 		t.Errorf("the command holds the server's inherited %s:\n%s", pipe, out.String())
 	}
-	launchers := procsMatching(func(cl string) bool {
-		return strings.HasPrefix(cl, bins.standin+"\x00shell\x00") && strings.Contains(cl, "exec sleep "+d)
-	})
-	if len(launchers) != 1 {
-		t.Fatalf("launcher processes: %v", launchers)
+	// The session's launcher, and the launchers started ahead of
+	// sessions (--prespawn), all of the server's.
+	launchers := append(s.poolMembers(), startedPid(s, "ls -l /proc/self/fd"))
+	if launchers[len(launchers)-1] == 0 {
+		t.Fatalf("the session's launcher is not in the log:\n%s", s.log.String())
 	}
-	ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", launchers[0]))
-	for _, e := range ents {
-		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", launchers[0], e.Name())); target == pipe {
-			t.Errorf("the launcher holds the server's inherited %s as fd %s", pipe, e.Name())
+	for _, l := range launchers {
+		ents, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", l))
+		for _, e := range ents {
+			if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", l, e.Name())); target == pipe {
+				t.Errorf("launcher %d holds the server's inherited %s as fd %s", l, pipe, e.Name())
+			}
 		}
 	}
 }

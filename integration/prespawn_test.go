@@ -1,0 +1,113 @@
+package integration
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/darling-sshd/darling-sshd/sshserver"
+)
+
+// poolMembers returns the pids of the launchers s keeps started ahead of
+// its exec sessions, waiting for their request.
+func (s *server) poolMembers() []int {
+	return procsMatching(func(cl string) bool {
+		return strings.HasPrefix(cl, bins.standin+"\x00") && strings.Contains(cl, "IFS= read -r _r") &&
+			strings.Contains(cl, "\x00shell\x00")
+	})
+}
+
+// TestPrespawn: exec sessions are handed to launchers started ahead
+// (--prespawn, on by default), with their environment, stdin, stdout,
+// stderr and exit status as any session's; a used launcher is replaced;
+// idle ones are not sessions; ones whose container went away are dropped
+// and the pool refills after the next warm-up; none outlives the server.
+func TestPrespawn(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	// A member counts once its launcher runs and its container side waits.
+	if !waitFor(time.Minute, func() bool { return len(s.poolMembers()) == 2 }) {
+		t.Fatalf("the pool never filled: %v\n%s", s.poolMembers(), s.log.String())
+	}
+	before := s.poolMembers()
+	r := s.exec("echo out $USER $LANG; echo err >&2; cat; exit 7", "stdin bytes\x00\xff")
+	if r.stdout != "out root\nstdin bytes\x00\xff" || r.stderr != "err\n" || r.code != 7 {
+		t.Errorf("pooled session: %+v", r)
+	}
+	if pid := startedPid(s, "echo out"); !slices.Contains(before, pid) {
+		t.Errorf("the session ran on launcher %d, not on one started ahead (%v):\n%s", pid, before, s.log.String())
+	}
+	if !waitFor(time.Minute, func() bool {
+		now := s.poolMembers()
+		return len(now) == 2 && !slices.Equal(now, before)
+	}) {
+		t.Errorf("the used launcher was not replaced: %v, before %v", s.poolMembers(), before)
+	}
+	// The environment a client sets reaches a pooled command.
+	ctxOut, err := s.ssh(t.Context(), "-o", `SetEnv=LANG=C.UTF-8 "LC_TIME=it's $quoted; too"`, "dut", `printf '%s|%s' "$LANG" "$LC_TIME"`).Output()
+	if err != nil || string(ctxOut) != `C.UTF-8|it's $quoted; too` {
+		t.Errorf("environment through the pool: %q %v", ctxOut, err)
+	}
+	// Idle launchers are not sessions.
+	raw, err := s.status("--json")
+	var st sshserver.Status
+	if err != nil || json.Unmarshal([]byte(raw), &st) != nil || len(st.Sessions) != 0 {
+		t.Errorf("status with only idle launchers: %v\n%s", err, raw)
+	}
+	// No request file is left behind.
+	if left, err := os.ReadDir(prefixView(t, s.prefix, ".darling-sshd-requests")); err != nil || len(left) != 0 {
+		t.Errorf("request files left: %v %v", left, err)
+	}
+
+	// The container goes away: its idle launchers end and are dropped;
+	// the next session warms the prefix and the pool refills.
+	shutdownStandin(s.prefix)
+	if !waitFor(time.Minute, func() bool { return len(s.poolMembers()) == 0 }) {
+		t.Errorf("launchers of a stopped container still kept: %v", s.poolMembers())
+	}
+	if r := s.exec("echo again", ""); r.stdout != "again\n" || r.code != 0 {
+		t.Errorf("session after the container went away: %+v", r)
+	}
+	if !waitFor(time.Minute, func() bool { return len(s.poolMembers()) == 2 }) {
+		t.Errorf("the pool did not refill after the warm-up: %v", s.poolMembers())
+	}
+	members := s.poolMembers()
+	s.stop()
+	for _, pid := range members {
+		if alive(pid) {
+			t.Errorf("launcher %d started ahead outlived the server", pid)
+		}
+	}
+}
+
+// TestPrespawnOff: --prespawn 0 starts no launcher ahead, and sessions
+// work as before.
+func TestPrespawnOff(t *testing.T) {
+	s := startServer(t, serverOpt{args: []string{"--prespawn", "0"}})
+	if r := s.exec("echo plain; exit 3", ""); r.stdout != "plain\n" || r.code != 3 {
+		t.Errorf("session: %+v", r)
+	}
+	if m := s.poolMembers(); len(m) != 0 {
+		t.Errorf("launchers started ahead with --prespawn 0: %v", m)
+	}
+}
+
+// startedPid is the launcher pid the log's "exec started" line gives for
+// the command that starts with command.
+func startedPid(s *server, command string) int {
+	for _, l := range strings.Split(s.log.String(), "\n") {
+		if !strings.Contains(l, `msg="exec started"`) || !strings.Contains(l, `command="`+command) {
+			continue
+		}
+		for _, f := range strings.Fields(l) {
+			if v, ok := strings.CutPrefix(f, "pid="); ok {
+				pid, _ := strconv.Atoi(v)
+				return pid
+			}
+		}
+	}
+	return 0
+}
