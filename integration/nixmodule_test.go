@@ -286,6 +286,12 @@ func acceptsFlags(t *testing.T, cmdline string) {
 // the plain unit's, use only flags the binary takes.
 func TestGeneratedCommandLines(t *testing.T) {
 	acceptsFlags(t, nixEval(t, `(import ./nix/lib.nix).execStart { package = "/pkg"; darling = "/run/wrappers/bin/darling"; port = 2200; }`))
+	// ExecStart's arguments are quoted for systemd, as ExecStartPre's.
+	line := nixEval(t, `(import ./nix/lib.nix).execStart { package = "/pkg"; darling = "/run/wrappers/bin/darling"; prefix = "/var/lib/darling-builder/a b%"; }`)
+	if argv := systemdSplit(t, line); !slices.Contains(argv, "/var/lib/darling-builder/a b%") {
+		t.Errorf("ExecStart %s: split as %q", line, argv)
+	}
+	acceptsFlags(t, line)
 	acceptsFlags(t, nixEval(t, `(import ./nix/lib.nix).initCommand { package = "/pkg"; darling = "/run/wrappers/bin/darling"; systemFeatures = ["a" "b"]; shareStore = true;
 		extraNixConf = { extra-platforms = "x86_64-darwin"; extra-substituters = [ "https://a" "https://b" ]; }; }`))
 	unit, err := os.ReadFile("../nix/darling-sshd.service")

@@ -159,16 +159,17 @@ rec {
       ++ (if shareStore then [ "--share-store" ] else [ ])
       ++ builtins.concatMap (s: [ "--nix-conf" s ]) (nixConfSettings extraNixConf)));
 
-  # ExecStart: serve on loopback.
+  # ExecStart: serve on loopback. Each argument is quoted for systemd as
+  # needed, as in initCommand: a prefix path may hold a space.
   execStart =
     { package, prefix ? defaults.prefix, darling, prefixStyle ? "env", port ? defaults.port
     , stateDir ? defaults.stateDir, authorizedKeys ? "${defaults.identity}.pub", alias ? defaults.alias }:
-    builtins.concatStringsSep " " ([ "${package}/bin/darling-sshd" "serve" "--listen" "127.0.0.1:${toString port}" ]
+    builtins.concatStringsSep " " (map systemdArg ([ "${package}/bin/darling-sshd" "serve" "--listen" "127.0.0.1:${toString port}" ]
       ++ launcherArgs { inherit prefix darling prefixStyle; }
       ++ [
         "--host-key" (hostKeyFile stateDir)
         "--authorized-keys" authorizedKeys
         "--known-hosts-out" (knownHostsFile stateDir)
         "--host-alias" alias
-      ]);
+      ]));
 }
