@@ -71,7 +71,10 @@ deps:
 vet:
 	$(GO) vet ./...
 
+# The tests that evaluate nix/module.nix need nixpkgs' lib on NIX_PATH:
+# ../shared/nixpkgs when that folder exists (they skip without it).
 test: deps vet
+	if test -d $(abspath $(CURDIR)/../shared/nixpkgs); then export NIX_PATH=nixpkgs=$(abspath $(CURDIR)/../shared/nixpkgs); fi; \
 	$(GO) test -race -count=1 -timeout 15m ./...
 	cd $(XCRYPTO) && $(GO) vet ./... && $(GO) test -count=1 ./ssh/...
 

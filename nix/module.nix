@@ -6,6 +6,8 @@
 # launcher (never by writing the prefix folder behind a running
 # container), and the builder is registered so that the root Nix daemon
 # connects with no prompt. What it generates comes from ./lib.nix.
+# integration/nixeval_test.go evaluates it with nixpkgs' lib.evalModules,
+# against NixOS's own declarations of the options it sets.
 #
 # Usage:
 #   imports = [ darling-sshd.nixosModules.default ];
@@ -22,6 +24,31 @@ let
   stateDir = dlib.defaults.stateDir;
   # programs.darling installs the launcher as a setuid wrapper.
   darling = "/run/wrappers/bin/darling";
+
+  # The longest prefix path Darling can use (its shellspawn socket path):
+  # darlingexec.MaxPrefixLen, which init and serve check at start.
+  maxPrefixLen = 83;
+  # Folders the unit makes read-only (ProtectSystem=full,
+  # ProtectHome=read-only), and the store: Darling could not create the
+  # prefix and its prefix.workdir there.
+  readOnly = [ "/usr" "/boot" "/efi" "/etc" "/home" "/root" "/run/user" "/nix/store" ];
+  under = dir: p: p == dir || lib.hasPrefix "${dir}/" p;
+  # A field of the machines line (and of ssh_config), as darling-sshd's
+  # machines-line and ssh-config take it: one word, no list separator.
+  machinesField = s: builtins.match "[^ \t\n,#\"]+" s != null;
+  # What `darling-sshd init` refuses in --nix-conf: the settings it writes
+  # itself, include, a name that is not a setting name, a value nix.conf
+  # cannot hold on one line.
+  initSets = [
+    "max-jobs" "extra-max-jobs" "system-features" "extra-system-features"
+    "build-users-group" "sandbox" "experimental-features" "trusted-users"
+  ];
+  badNixConf = lib.filter
+    (k: lib.elem k initSets || k == "include"
+      || builtins.match "[A-Za-z][A-Za-z0-9_-]*" k == null
+      || lib.any (c: lib.hasInfix c (dlib.nixConfValue cfg.extraNixConf.${k})) [ "\n" "\r" "#" ])
+    (builtins.attrNames cfg.extraNixConf);
+  features = cfg.supportedFeatures ++ cfg.mandatoryFeatures;
 in
 {
   options.services.darling-builder = {
@@ -57,6 +84,16 @@ in
       type = lib.types.port;
       default = dlib.defaults.port;
       description = "Port darling-sshd listens on, on 127.0.0.1.";
+    };
+
+    protocol = lib.mkOption {
+      type = lib.types.enum [ "ssh" "ssh-ng" ];
+      default = dlib.defaults.protocol;
+      description = ''
+        The protocol the Nix daemon speaks to the builder: `ssh`
+        (`nix-store --serve`) or `ssh-ng` (`nix-daemon --stdio`, which
+        Nix 2.4 and later speak). darling-sshd serves both.
+      '';
     };
 
     maxJobs = lib.mkOption {
@@ -168,6 +205,33 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    # What init and serve would refuse at start, or what would break the
+    # machines line, refused when the system is built.
+    assertions = [
+      {
+        assertion = lib.hasPrefix "/" cfg.prefixPath && builtins.stringLength cfg.prefixPath <= maxPrefixLen;
+        message = "services.darling-builder.prefixPath: ${cfg.prefixPath}: want an absolute path of at most ${toString maxPrefixLen} bytes (Darling's socket path)";
+      }
+      {
+        assertion = !lib.any (d: under d cfg.prefixPath) readOnly;
+        message = "services.darling-builder.prefixPath: ${cfg.prefixPath} is in a folder the service cannot write (${lib.concatStringsSep ", " readOnly}); use /var/lib/darling-builder";
+      }
+      {
+        assertion = lib.hasPrefix "/" cfg.sshKeyPath && machinesField cfg.sshKeyPath;
+        message = "services.darling-builder.sshKeyPath: ${cfg.sshKeyPath}: want an absolute path without spaces, commas, quotes or #";
+      }
+      {
+        assertion = lib.all machinesField features;
+        message = "services.darling-builder: system features ${lib.concatStringsSep ", " features}: want names without spaces, commas, quotes or #";
+      }
+      {
+        assertion = badNixConf == [ ];
+        message = "services.darling-builder.extraNixConf: darling-sshd init refuses ${lib.concatStringsSep ", " badNixConf}: "
+          + "max-jobs and system-features come from maxJobs and the features options, experimental-features and trusted-users take their extra- forms, "
+          + "a value cannot hold a line break or #";
+      }
+    ];
+
     programs.darling.enable = true;
     programs.darling.package = cfg.darlingPackage;
 
@@ -240,7 +304,7 @@ in
     nix.buildMachines = [
       ({
         hostName = alias;
-        protocol = "ssh";
+        inherit (cfg) protocol;
         systems = [ "x86_64-darwin" ];
         sshUser = "root";
         sshKey = cfg.sshKeyPath;
