@@ -140,9 +140,23 @@ func (r *Registration) SystemIncludes() (bool, error) {
 }
 
 // planFile reads path (bounded) and returns the change edit makes to it.
+// A symbolic link is followed, so that the file it names is changed and
+// the link kept; a link into the Nix store (NixOS's /etc/nix/machines,
+// a home-manager config) is refused: the next activation would put the
+// link back and the change would vanish.
 func planFile(path string, mode fs.FileMode, edit func(old []byte) []byte) (FileChange, error) {
 	c := FileChange{Path: path, Mode: mode}
-	b, err := ReadBounded(path)
+	if st, err := os.Lstat(path); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+		target, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
+		}
+		if strings.HasPrefix(target, "/nix/store/") || strings.HasPrefix(target, "/etc/static/") {
+			return c, fmt.Errorf("%s links into the Nix store (%s): NixOS manages it; use the NixOS module (nix/module.nix) or nix.buildMachines and programs.ssh instead of register", path, target)
+		}
+		c.Path = target
+	}
+	b, err := ReadBounded(c.Path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -282,10 +296,10 @@ func editMarkedBlock(old []byte, alias, block string, remove bool) []byte {
 	var kept []string
 	in := false
 	for _, l := range lines(old) {
-		switch {
-		case l == begin:
+		switch t := strings.TrimSuffix(l, "\r"); {
+		case t == begin:
 			in = true
-		case l == end && in:
+		case t == end && in:
 			in = false
 		case !in && (l != "" || len(kept) > 0):
 			// Blank lines at the top are the separator after a block.
@@ -299,7 +313,10 @@ func editMarkedBlock(old []byte, alias, block string, remove bool) []byte {
 		return joinLines(kept)
 	}
 	out := append([]string{begin}, lines([]byte(block))...)
-	out = append(out, end)
+	// Options before the first Host in the file apply to every host; put
+	// after our Host, they would apply to the builder only. Host * ends
+	// our block, so that they stay global.
+	out = append(out, "Host *", end)
 	if len(kept) > 0 {
 		out = append(out, "")
 		out = append(out, kept...)
@@ -350,15 +367,16 @@ func editMachines(old []byte, b Builder, undo bool) []byte {
 	skipNext := false
 	for _, l := range lines(old) {
 		switch {
-		case skipNext:
+		case skipNext && MachineHost(l) == b.Alias:
 			skipNext = false
 			continue
-		case l == mark:
+		case strings.TrimSuffix(l, "\r") == mark:
 			skipNext = true
 			continue
 		case !undo && MachineHost(l) == b.Alias:
 			continue
 		}
+		skipNext = false
 		kept = append(kept, l)
 	}
 	if undo {

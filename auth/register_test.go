@@ -141,3 +141,32 @@ func TestFindMachine(t *testing.T) {
 		t.Error("found a machine that is not there")
 	}
 }
+
+// TestRegisterKeepsLinksAndGlobals: a machines file that is a link is
+// written through (the link stays); options at the top of root's config
+// stay global after the block is put first; a marker comment followed by
+// another builder's line keeps that line.
+func TestRegisterKeepsLinksAndGlobals(t *testing.T) {
+	r := testRegistration(t, false)
+	real := filepath.Join(filepath.Dir(r.SystemSSHConfig), "machines.real")
+	os.MkdirAll(filepath.Dir(r.Machines), 0o755)
+	other := "ssh://other x86_64-linux - 1"
+	os.WriteFile(real, []byte("# darling-sshd register darling-builder\n"+other+"\n"), 0o644)
+	if err := os.Symlink(real, r.Machines); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Dir(r.UserSSHConfig), 0o700)
+	os.WriteFile(r.UserSSHConfig, []byte("ServerAliveInterval 30\n"), 0o600)
+	apply(t, r, false)
+	if st, err := os.Lstat(r.Machines); err != nil || st.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("the machines link was replaced: %v %v", st, err)
+	}
+	if m := read(t, real); !strings.Contains(m, other+"\n") || !strings.Contains(m, "ssh://root@darling-builder ") {
+		t.Errorf("machines through the link:\n%s", m)
+	}
+	cfg := read(t, r.UserSSHConfig)
+	host := strings.Index(cfg, "Host *\n")
+	if host < 0 || host > strings.Index(cfg, "ServerAliveInterval 30") {
+		t.Errorf("a global option ended up inside the builder's Host block:\n%s", cfg)
+	}
+}

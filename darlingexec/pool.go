@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -92,28 +93,50 @@ func (pl *pool) wake() {
 // the next session that needs it, and the pool fills after that.
 func (pl *pool) refill() {
 	defer close(pl.done)
+	pl.l.removeRequests()
 	for {
 		select {
 		case <-pl.ctx.Done():
 			return
 		case <-pl.kick:
 		}
-		for pl.wanted() && pl.l.containerPid() != 0 {
-			p, err := pl.l.spawnMember(pl.ctx)
-			if err != nil {
-				if pl.ctx.Err() == nil {
-					pl.l.Log.Warn("cannot start a launcher ahead of the sessions", "err", err)
-				}
-				break
-			}
-			if !pl.add(p) {
-				p.discard(context.Background())
-				return
-			}
-			go pl.watch(p)
+		if !pl.fill() {
+			return
 		}
 	}
 }
+
+// fill starts members until the pool is full or the container is not
+// running. A failed start is tried again after refillBackoff, so that a
+// launcher that cannot start (or a profile that exits at once) costs a
+// try a second, not a loop. It returns false once the pool is closed.
+func (pl *pool) fill() bool {
+	for pl.wanted() && pl.l.containerPid() != 0 {
+		p, err := pl.l.spawnMember(pl.ctx)
+		if err != nil {
+			if pl.ctx.Err() != nil {
+				return false
+			}
+			pl.l.Log.Warn("cannot start a launcher ahead of the sessions; trying again", "err", err, "after", refillBackoff)
+			select {
+			case <-pl.ctx.Done():
+				return false
+			case <-time.After(refillBackoff):
+			}
+			continue
+		}
+		if !pl.add(p) {
+			p.discard(context.Background())
+			return false
+		}
+		go pl.watch(p)
+	}
+	return true
+}
+
+// refillBackoff is the wait after a member could not be started, or ended
+// while idle.
+const refillBackoff = time.Second
 
 // wanted reports whether the pool has room.
 func (pl *pool) wanted() bool {
@@ -137,9 +160,17 @@ func (pl *pool) add(p *Process) bool {
 // went away): it is not handed out, and its processes are ended.
 func (pl *pool) watch(p *Process) {
 	<-p.done
-	if pl.remove(p) {
-		p.discard(context.Background())
+	if !pl.remove(p) {
+		return
 	}
+	p.discard(context.Background())
+	pl.l.Log.Info("a launcher started ahead ended while idle; it will be replaced", "pid", p.Pid(), "status", p.status)
+	select {
+	case <-pl.ctx.Done():
+		return
+	case <-time.After(refillBackoff):
+	}
+	pl.wake()
 }
 
 // remove takes p out of the idle members; false if it was not there.
@@ -172,12 +203,12 @@ func (pl *pool) take() *Process {
 	return nil
 }
 
-// memberScript is what a member's shell runs: the session's first steps
-// (home, the Nix profiles on PATH, the cgroup gate), then it waits for the
-// request file's path and runs it with the same shell, so that the
-// session script's waiting shell stays shellspawn's direct child.
+// memberScript is what a member's shell runs: the cgroup gate, then it
+// waits for the request file's path and runs it with the same shell, so
+// that the session script's waiting shell stays shellspawn's direct
+// child. The request's script does the rest (home, PATH).
 func memberScript(gate string) string {
-	return `cd "$HOME" 2>/dev/null; ` + nixPath + "; " + gate + `IFS= read -r _r || exit 255; exec /bin/sh "$_r"`
+	return gate + `IFS= read -r _r || exit 255; exec /bin/sh "$_r"`
 }
 
 // spawnMember starts a launcher that waits for its request.
@@ -209,11 +240,22 @@ func pooled(req Request) bool {
 		return false
 	}
 	for _, kv := range req.Env {
-		if k, _, _ := strings.Cut(kv, "="); !shellName.MatchString(k) {
+		if k, _, _ := strings.Cut(kv, "="); !shellName.MatchString(k) || shellOwned(k) {
 			return false
 		}
 	}
 	return true
+}
+
+// shellOwned reports names a POSIX shell (bash as /bin/sh) keeps for
+// itself: exporting one fails, so a request with one takes the launcher's
+// environment instead.
+func shellOwned(name string) bool {
+	switch name {
+	case "UID", "EUID", "PPID", "SHELLOPTS", "BASHOPTS", "GROUPS", "IFS", "PS4":
+		return true
+	}
+	return strings.HasPrefix(name, "BASH")
 }
 
 // serve hands req to a pool member: writes its request file into the
@@ -221,31 +263,40 @@ func pooled(req Request) bool {
 // session's process. ok is false when no member could take it.
 func (pl *pool) serve(ctx context.Context, s session) (*Process, bool) {
 	p := pl.take()
+	pl.wake()
 	if p == nil {
 		return nil, false
 	}
-	pl.wake()
-	var path string
-	err := errors.New("its start marker has already passed")
-	if p.Stdout.head != nil {
-		path, err = pl.l.writeRequest(p.procs.id, requestScript(s, p.Stdout.head.marker))
-	}
-	if err == nil {
-		_, err = p.Stdin.Write([]byte(path + "\n"))
-	}
+	name, path, err := pl.l.writeRequest(p.procs.id, requestScript(s, p.Stdout.head.marker))
 	if err != nil {
 		pl.l.Log.Warn("cannot hand a session to a launcher started ahead; starting one for it", "err", err)
 		go p.discard(context.Background())
 		return nil, false
 	}
+	p.request = name
+	// The path goes to the member once its gate has opened (its
+	// processes are in its cgroup), without Start waiting for that; the
+	// client's bytes wait behind it.
+	gate, ready := p.Stdin.gate, make(chan struct{})
+	go func() {
+		defer close(ready)
+		if gate != nil {
+			<-gate
+		}
+		if !p.ended.Load() {
+			_, _ = p.Stdin.w.Write([]byte(path + "\n"))
+		}
+	}()
+	p.Stdin.gate = ready
 	return p, true
 }
 
-// requestScript is a request file: it removes itself, sets the session's
-// environment, and runs the session script with the member's marker.
+// requestScript is a request file: it sets the session's environment and
+// runs the session script with the member's marker. The server removes
+// it when the session ends (an rm in the script would cost an exec,
+// which Darling's loader makes dear).
 func requestScript(s session, marker []byte) string {
 	var b strings.Builder
-	b.WriteString(`rm -f "$0"; `)
 	env := s.req.Env
 	if s.req.User != "" {
 		env = append([]string{"USER=" + s.req.User, "LOGNAME=" + s.req.User}, env...)
@@ -262,41 +313,79 @@ func requestScript(s session, marker []byte) string {
 // container's view and returns its path as the prefix's processes see it.
 // The folder is made by us and checked to be ours; nothing is followed
 // through a link, and the file is new (O_EXCL).
-func (l *Launcher) writeRequest(id, text string) (string, error) {
-	root, viaContainer, err := l.openView()
+func (l *Launcher) writeRequest(id, text string) (name, path string, err error) {
+	dir, err := l.openRequestDir(true)
 	if err != nil {
-		return "", err
-	}
-	defer unix.Close(root)
-	if !viaContainer {
-		return "", errors.New("no container view of the prefix to write the request to")
-	}
-	if err := unix.Mkdirat(root, requestDir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
-		return "", fmt.Errorf("create %s in the prefix: %w", requestDir, err)
-	}
-	dir, err := unix.Openat2(root, requestDir, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: beneath})
-	if err != nil {
-		return "", fmt.Errorf("open %s in the prefix: %w", requestDir, err)
+		return "", "", err
 	}
 	defer unix.Close(dir)
-	var st unix.Stat_t
-	if err := unix.Fstat(dir, &st); err != nil || int(st.Uid) != unix.Geteuid() || st.Mode&0o077 != 0 {
-		return "", fmt.Errorf("%s in the prefix is not the server's own folder (uid %d, mode %o): %v", requestDir, st.Uid, st.Mode&0o777, err)
-	}
-	name := "req-" + id
+	name = "req-" + id
 	fd, err := unix.Openat2(dir, name, &unix.OpenHow{
 		Flags: unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL | unix.O_CLOEXEC | unix.O_NOFOLLOW, Mode: 0o600, Resolve: beneath,
 	})
 	if err != nil {
-		return "", fmt.Errorf("create the request file: %w", err)
+		return "", "", fmt.Errorf("create the request file: %w", err)
 	}
 	defer unix.Close(fd)
 	for b := []byte(text); len(b) > 0; {
 		n, err := unix.Write(fd, b)
 		if err != nil {
-			return "", fmt.Errorf("write the request file: %w", err)
+			l.removeRequests(name)
+			return "", "", fmt.Errorf("write the request file: %w", err)
 		}
 		b = b[n:]
 	}
-	return "/" + requestDir + "/" + name, nil
+	return name, "/" + requestDir + "/" + name, nil
+}
+
+// openRequestDir opens the request folder in the prefix through the
+// container's view, creating it if asked, and checks that it is the
+// server's own (a folder, not a link, owned by the server, 0700).
+func (l *Launcher) openRequestDir(create bool) (int, error) {
+	root, viaContainer, err := l.openView()
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(root)
+	if !viaContainer {
+		return -1, errors.New("no container view of the prefix to write the request to")
+	}
+	if create {
+		if err := unix.Mkdirat(root, requestDir, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+			return -1, fmt.Errorf("create %s in the prefix: %w", requestDir, err)
+		}
+	}
+	dir, err := unix.Openat2(root, requestDir, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: beneath})
+	if err != nil {
+		return -1, fmt.Errorf("open %s in the prefix: %w", requestDir, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(dir, &st); err != nil || int(st.Uid) != unix.Geteuid() || st.Mode&0o077 != 0 {
+		unix.Close(dir)
+		return -1, fmt.Errorf("%s in the prefix is not the server's own folder (uid %d, mode %o): %v", requestDir, st.Uid, st.Mode&0o777, err)
+	}
+	return dir, nil
+}
+
+// removeRequests removes request files by name, or all of them (stale
+// ones a server that stopped left) with none named. Errors are ignored:
+// a file a session removed is gone either way.
+func (l *Launcher) removeRequests(names ...string) {
+	fd, err := l.openRequestDir(false)
+	if err != nil {
+		return
+	}
+	dir := os.NewFile(uintptr(fd), requestDir)
+	defer dir.Close()
+	if len(names) == 0 {
+		all, _ := dir.Readdirnames(-1)
+		for _, n := range all {
+			if strings.HasPrefix(n, "req-") {
+				names = append(names, n)
+			}
+		}
+	}
+	for _, n := range names {
+		_ = unix.Unlinkat(int(dir.Fd()), n, 0)
+	}
 }

@@ -52,6 +52,9 @@ type Process struct {
 	// gateStop, if set, stops the goroutine that opens the script's gate
 	// (see openGate).
 	gateStop chan struct{}
+	// request names the request file a launcher started ahead was given
+	// (see pool), removed when the session ends; "" for none.
+	request string
 }
 
 // newSessionID returns a random marker value for a session.
@@ -349,6 +352,9 @@ func (p *Process) endSession(ctx context.Context, grace time.Duration) {
 	}
 	p.Stdin.Close()
 	p.l.killSession(ctx, p.procs, grace)
+	if p.request != "" {
+		p.l.removeRequests(p.request)
+	}
 	if cg := p.procs.cg; cg != nil {
 		p.usage = cg.usage()
 		if err := cg.remove(); err != nil {

@@ -157,6 +157,8 @@ ForceCommand exec env HOME=/root DPREFIX=%s %s shell /bin/sh -c "$SSH_ORIGINAL_C
 done
 exec /usr/sbin/sshd -D -e -f "$1"`
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", mask, "sh", filepath.Join(dir, "sshd_config"))
+	var sshdLog syncBuffer
+	cmd.Stdout, cmd.Stderr = &sshdLog, &sshdLog
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ exec /usr/sbin/sshd -D -e -f "$1"`
 			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
 			"root@127.0.0.1", "true").Run() == nil
 	}) {
-		t.Fatal("sshd never answered")
+		t.Fatalf("sshd never answered:\n%s", sshdLog.String())
 	}
 	pid := cmd.Process.Pid
 	opts := []string{"-F", "/dev/null", "-p", port, "-i", s.clientKey, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
@@ -227,11 +229,7 @@ exec /usr/sbin/sshd -D -e -f "$1"`
 }
 
 func freePort(t *testing.T) string {
-	for p := 30000 + os.Getpid()%10000; ; p++ {
-		if exec.Command("sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/"+strconv.Itoa(p)).Run() != nil {
-			return strconv.Itoa(p)
-		}
-	}
+	return strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
 }
 
 type stat struct{ Median, Min, Max float64 }

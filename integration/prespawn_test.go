@@ -58,7 +58,11 @@ func TestPrespawn(t *testing.T) {
 		t.Errorf("status with only idle launchers: %v\n%s", err, raw)
 	}
 	// No request file is left behind.
-	if left, err := os.ReadDir(prefixView(t, s.prefix, ".darling-sshd-requests")); err != nil || len(left) != 0 {
+	var left []os.DirEntry
+	if !waitFor(30*time.Second, func() bool {
+		left, err = os.ReadDir(prefixView(t, s.prefix, ".darling-sshd-requests"))
+		return err == nil && len(left) == 0
+	}) {
 		t.Errorf("request files left: %v %v", left, err)
 	}
 

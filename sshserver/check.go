@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,6 +62,9 @@ func Check(ctx context.Context, o CheckOptions) error {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	r := checkReport{out: o.Out}
+	if uid := os.Geteuid(); uid != 0 {
+		fmt.Fprintf(o.Out, "note  check runs as uid %d, but the Nix daemon runs ssh as root with root's ssh configuration: run it as root to see what Nix sees\n", uid)
+	}
 	m, err := r.machine(o)
 	if err != nil {
 		return err
@@ -131,8 +135,14 @@ func (r checkReport) sshConfig(ctx context.Context, o CheckOptions) (map[string]
 		args = append(args, "-F", o.SSHConfig)
 	}
 	out, err := exec.CommandContext(ctx, "ssh", append(args, o.Alias)...).Output()
-	if err != nil {
-		return nil, r.fail("ssh config", fmt.Errorf("ssh -G %s: %w", o.Alias, err), "install openssh-client")
+	var ee *exec.ExitError
+	switch {
+	case errors.Is(err, exec.ErrNotFound):
+		return nil, r.fail("ssh config", err, "install openssh-client")
+	case errors.As(err, &ee):
+		return nil, r.fail("ssh config", fmt.Errorf("ssh -G %s: %w: %s", o.Alias, err, strings.TrimSpace(string(ee.Stderr))), "fix the ssh configuration ssh names")
+	case err != nil:
+		return nil, r.fail("ssh config", fmt.Errorf("ssh -G %s: %w", o.Alias, err), "")
 	}
 	cfg := map[string]string{}
 	for _, l := range strings.Split(string(out), "\n") {
@@ -160,7 +170,10 @@ func (r checkReport) identity(m auth.Machine, cfg map[string]string) error {
 		}
 	}
 	f, err := os.Open(id)
-	if err != nil {
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return r.fail("identity", err, "run check as root, as the Nix daemon runs ssh")
+	case err != nil:
 		return r.fail("identity", err, "create the builder key (ssh-keygen -t ed25519 -N '' -f "+id+") and re-run darling-sshd register")
 	}
 	f.Close()
@@ -228,6 +241,10 @@ func (r checkReport) speak(ctx context.Context, o CheckOptions, args []string, s
 		return nil
 	}
 	werr := cmd.Wait()
+	if ctx.Err() != nil {
+		return r.fail(step, fmt.Errorf("no answer from %s within --timeout %s: %s", target, o.Timeout, orNothing(lastLine(strings.TrimSpace(stderr.String())))),
+			"the server may still be warming the prefix, its --max-exec sessions may all be busy, or the launcher hangs: see the server's log")
+	}
 	return r.diagnose(o, step, command, target, cfg, m, herr, werr, strings.TrimSpace(stderr.String()))
 }
 
@@ -240,19 +257,20 @@ func (r checkReport) diagnose(o CheckOptions, step, command, target string, cfg 
 	}
 	last := lastLine(stderr)
 	program, _, _ := strings.Cut(command, " ")
+	// ssh's own failures exit 255 and say so in ssh's words; anything
+	// else on stderr is the prefix's or the command's.
+	own := code == 255
 	switch {
-	case strings.Contains(stderr, "Connection refused"), strings.Contains(stderr, "timed out"),
-		strings.Contains(stderr, "No route to host"), strings.Contains(stderr, "Could not resolve"):
+	case own && (strings.Contains(stderr, "ssh: connect to host") || strings.Contains(stderr, "Could not resolve hostname")):
 		return r.fail("tcp", fmt.Errorf("nothing answers at %s: %s", target, last), "start darling-sshd serve (it must listen on "+target+"), or re-run darling-sshd register with its --listen")
-	case strings.Contains(stderr, "IDENTIFICATION HAS CHANGED"), strings.Contains(stderr, "Host key verification failed"),
-		strings.Contains(stderr, "No ED25519 host key is known"), strings.Contains(stderr, "host key for"):
+	case own && (strings.Contains(stderr, "IDENTIFICATION HAS CHANGED") || strings.Contains(stderr, "Host key verification failed.")):
 		where := "known_hosts " + cfg["userknownhostsfile"]
 		if m.PublicHostKey != "" {
 			where = "the machines line"
 		}
 		return r.fail("host key", fmt.Errorf("the server at %s does not have the host key %s trusts for %s: %s", target, where, o.Alias, last),
 			"host key changed: re-run darling-sshd register (or, if the server should not have changed, find out why)")
-	case strings.Contains(stderr, "Permission denied"), strings.Contains(stderr, "Too many authentication failures"):
+	case own && (strings.Contains(stderr, "Permission denied (") || strings.Contains(stderr, "Too many authentication failures")):
 		id := m.Identity
 		if id == "" {
 			id = cfg["identityfile"]
@@ -262,7 +280,7 @@ func (r checkReport) diagnose(o CheckOptions, step, command, target string, cfg 
 	case code == 127 || (strings.Contains(stderr, program) && strings.Contains(stderr, "not found")):
 		return r.fail(step, fmt.Errorf("%s not found in the prefix: %s", program, last),
 			"install Nix in the prefix (README: How Nix gets into a real Darling prefix), then darling-sshd init")
-	case code == 255 && stderr != "":
+	case own && stderr != "":
 		return r.fail("ssh", errors.New(last), "")
 	case code > 0:
 		return r.fail(step, fmt.Errorf("%s exited with status %d before answering: %s", command, code, orNothing(last)),
