@@ -407,7 +407,8 @@ func (s *Server) run(ctx context.Context, l net.Listener) error {
 
 // Close stops listening, lets running sessions finish within the
 // shutdown grace, then ends what remains (exit status 255 and a line on
-// stderr, their processes as on disconnect) and closes every connection.
+// stderr, their processes as on disconnect), lets clients close their
+// connections for a moment (letClientsClose) and closes the rest.
 func (s *Server) Close() {
 	// Stop accepting. A connection in its handshake goes on; if it opens
 	// a session now, the session is refused with a message.
@@ -420,6 +421,7 @@ func (s *Server) Close() {
 		s.runs.Wait()
 		close(done)
 	}()
+	hurried := false
 	if s.opts.ShutdownGrace > 0 {
 		s.log.Info("waiting for running sessions", "grace", s.opts.ShutdownGrace)
 		select {
@@ -427,6 +429,7 @@ func (s *Server) Close() {
 		case <-time.After(s.opts.ShutdownGrace):
 			s.log.Info("shutdown grace over; ending running sessions")
 		case <-s.opts.Hurry:
+			hurried = true
 			s.log.Info("asked again to stop; ending running sessions now")
 		}
 	}
@@ -434,14 +437,52 @@ func (s *Server) Close() {
 	s.trim.stop()
 	// A client that does not read can hold a session's last writes;
 	// closing its connection releases them.
+	ended := false
 	select {
 	case <-done:
+		ended = true
 	case <-time.After(s.opts.KillGrace + closeMargin):
 		s.log.Warn("sessions still running; closing their connections")
+	}
+	if ended && !hurried {
+		s.letClientsClose()
 	}
 	_ = s.ssh.Close()
 	<-done
 }
+
+// letClientsClose gives the clients up to closeLinger to close their
+// connections themselves, as an OpenSSH client does right after its last
+// channel closes: it sends its channel close, then its disconnect, and
+// closes. Closing a connection under a client still sending them made the
+// client fail ("client_loop: send disconnect: Broken pipe", status 255)
+// although its command had succeeded: at once through a ProxyCommand or
+// ProxyJump, which ends with the server's close. Logged-in connections
+// only (gliderlabs tracks those); one a client keeps open (a
+// ControlMaster with no session) is closed after the wait. A second
+// signal (Hurry) ends the wait.
+func (s *Server) letClientsClose() {
+	s.log.Debug("letting clients close their connections", "for", closeLinger)
+	ctx, cancel := context.WithTimeout(context.Background(), closeLinger)
+	defer cancel()
+	if s.opts.Hurry != nil {
+		go func() {
+			select {
+			case <-s.opts.Hurry:
+				s.log.Info("asked again to stop; closing the connections now")
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	if err := s.ssh.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+		s.log.Info("closing the connections their clients did not close", "waited", closeLinger)
+	}
+}
+
+// closeLinger bounds how long Close waits, after the last session ended,
+// for clients to close their connections.
+const closeLinger = 2 * time.Second
 
 // closeMargin is how long Close waits, beyond the kill grace, for sessions
 // to end on their own before it closes their connections.
