@@ -78,9 +78,24 @@ func startBusy(t *testing.T, n int) func() {
 	}
 }
 
+// parentOf is pid's parent, or 0.
+func parentOf(pid int) int {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0
+	}
+	f := strings.Fields(string(b)[i+2:])
+	ppid, _ := strconv.Atoi(f[1])
+	return ppid
+}
+
 func procCPU(pid int, children bool) float64 {
 	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0 // gone
+	}
 	f := strings.Fields(string(b)[i+2:])
 	sum := 0.0
 	fields := []int{11, 12} // utime, stime
@@ -219,10 +234,17 @@ exec /usr/sbin/sshd -D -e -f "$1"`
 	return b, func() {
 		cmd.Process.Kill()
 		cmd.Wait()
-		// sshd's sessions outlive a killed listener.
-		for _, p := range procsMatching(func(cl string) bool {
-			return strings.Contains(cl, launcher) || strings.HasPrefix(cl, "sshd:")
-		}) {
+		// sshd's sessions outlive a killed listener: its per-connection
+		// processes and the launchers they started (not the launchers of
+		// the darling-sshd servers, nor those servers, whose command
+		// lines name the same launcher).
+		sshds := procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd:") })
+		for _, p := range procsMatching(func(cl string) bool { return strings.HasPrefix(cl, launcher+"\x00") }) {
+			if slices.Contains(sshds, parentOf(p)) {
+				killPid(p)
+			}
+		}
+		for _, p := range sshds {
 			killPid(p)
 		}
 	}
