@@ -197,6 +197,11 @@ func (w *sftpWire) rewriteOpen(pkt []byte) []byte {
 // data length) and numbers it if its handle appends.
 func (w *sftpWire) readWrite(length int) error {
 	var fixed [8]byte // id, handle length
+	if length-1 < len(fixed) {
+		// Too short to be a write: pkg/sftp refuses it.
+		w.rpend, w.rpass = w.rhead[:5], length-1
+		return nil
+	}
 	if _, err := io.ReadFull(w.ch, fixed[:]); err != nil {
 		return unexpected(err)
 	}
@@ -360,10 +365,15 @@ func (w *sftpWire) send(p []byte) error {
 // (its length and type) whole before it goes on: the first VERSION, and
 // each HANDLE.
 func (w *sftpWire) holds(head []byte) bool {
-	if binary.BigEndian.Uint32(head) > 4096 {
+	switch n := binary.BigEndian.Uint32(head); {
+	case n > 4096:
 		return false
+	case head[4] == fxpVersion:
+		return !w.wversion && n >= 1+4 // type, version
+	case head[4] == fxpHandle:
+		return n >= 1+4+4 // type, id, handle length
 	}
-	return (head[4] == fxpVersion && !w.wversion) || head[4] == fxpHandle
+	return false
 }
 
 // observe looks at a whole VERSION or HANDLE packet, or at the start of
