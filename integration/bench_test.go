@@ -78,16 +78,13 @@ func startBusy(t *testing.T, n int) func() {
 	}
 }
 
-// parentOf is pid's parent, or 0.
-func parentOf(pid int) int {
-	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 || i+2 >= len(b) {
-		return 0
+// descendantsOf lists pid's live descendants.
+func descendantsOf(pid int) []int {
+	var all []int
+	for _, c := range childrenOf(pid) {
+		all = append(append(all, c), descendantsOf(c)...)
 	}
-	f := strings.Fields(string(b)[i+2:])
-	ppid, _ := strconv.Atoi(f[1])
-	return ppid
+	return all
 }
 
 func procCPU(pid int, children bool) float64 {
@@ -232,19 +229,14 @@ exec /usr/sbin/sshd -D -e -f "$1"`
 		},
 	}
 	return b, func() {
+		// sshd's sessions outlive a killed listener: its per-connection
+		// processes and the launchers they started are found first, as
+		// its descendants (not every sshd on the machine: another
+		// instance may still be measured).
+		procs := descendantsOf(cmd.Process.Pid)
 		cmd.Process.Kill()
 		cmd.Wait()
-		// sshd's sessions outlive a killed listener: its per-connection
-		// processes and the launchers they started (not the launchers of
-		// the darling-sshd servers, nor those servers, whose command
-		// lines name the same launcher).
-		sshds := procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "sshd:") })
-		for _, p := range procsMatching(func(cl string) bool { return strings.HasPrefix(cl, launcher+"\x00") }) {
-			if slices.Contains(sshds, parentOf(p)) {
-				killPid(p)
-			}
-		}
-		for _, p := range sshds {
+		for _, p := range procs {
 			killPid(p)
 		}
 	}
