@@ -82,33 +82,6 @@ func (r *rootFS) withParent(p string, f func(dirfd int, base string) error) erro
 	return nil
 }
 
-// Fileread opens a file for reading.
-func (r *rootFS) Fileread(req *sftp.Request) (io.ReaderAt, error) {
-	f, err := r.openFile(req)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// Filewrite opens a file for writing.
-func (r *rootFS) Filewrite(req *sftp.Request) (io.WriterAt, error) {
-	f, err := r.openFile(req)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
-// OpenFile opens a file for reading and writing.
-func (r *rootFS) OpenFile(req *sftp.Request) (sftp.WriterAtReaderAt, error) {
-	f, err := r.openFile(req)
-	if err != nil {
-		return nil, err
-	}
-	return f, nil
-}
-
 // openFile opens a file as OpenSSH's sftp-server does (process_open):
 // read, write or both as the open flags say (req.Pflags), with append,
 // create, truncate and exclusive; a file it creates gets the

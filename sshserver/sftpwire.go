@@ -60,7 +60,7 @@ type sftpWire struct {
 	wversion bool   // the VERSION packet went out
 }
 
-// SFTP packet types and flags the wire and rootFS use
+// SFTP packet types and attribute flags the wire and rootFS use
 // (draft-ietf-secsh-filexfer-02).
 const (
 	fxpVersion  = 2
@@ -68,8 +68,6 @@ const (
 	fxpWrite    = 6
 	fxpHandle   = 102
 	fxpExtended = 200
-
-	fxfAppend = 0x4
 
 	attrSize        = 0x1
 	attrUIDGID      = 0x2
@@ -219,9 +217,10 @@ func (w *sftpWire) readWrite(length int) error {
 		return unexpected(err)
 	}
 	dataLen := int(binary.BigEndian.Uint32(head[len(head)-4:]))
-	if dataLen == length-headLen {
-		// A well-formed write: pkg/sftp will run it, so its number is
-		// taken. A malformed one ends the session in pkg/sftp.
+	if dataLen <= length-headLen {
+		// A write pkg/sftp will run (it ignores bytes after the data), so
+		// its number is taken. One whose data is cut short ends the
+		// session in pkg/sftp, and no later write waits for it.
 		handle := string(head[13 : 13+hl])
 		if f := w.files.byHandle(handle); f != nil && f.app != nil {
 			binary.BigEndian.PutUint64(head[13+hl:], f.app.issue()|stampBit)

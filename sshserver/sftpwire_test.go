@@ -95,10 +95,11 @@ const (
 
 // SSH_FXF_* open flags.
 const (
-	fxfRead  = 0x1
-	fxfWrite = 0x2
-	fxfCreat = 0x8
-	fxfTrunc = 0x10
+	fxfRead   = 0x1
+	fxfWrite  = 0x2
+	fxfAppend = 0x4
+	fxfCreat  = 0x8
+	fxfTrunc  = 0x10
 )
 
 func newRawSFTP(t *testing.T, w io.Writer, r io.Reader, prefix string) *rawSFTP {
