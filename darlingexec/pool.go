@@ -186,21 +186,49 @@ func (pl *pool) remove(p *Process) bool {
 	return false
 }
 
-// take hands out an idle member whose launcher still runs, or nil.
+// take hands out an idle member that is ready, or nil. With session
+// cgroups, ready means its processes were found in the container and
+// moved into its cgroup: a launcher that has not got that far may yet
+// hang (it opens .init.pid blocking, and a session can have put a FIFO
+// there), and one whose processes never showed up is dropped.
 func (pl *pool) take() *Process {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	for len(pl.idle) > 0 {
-		p := pl.idle[0]
-		pl.idle = pl.idle[1:]
-		select {
-		case <-p.done:
+	for i := 0; i < len(pl.idle); i++ {
+		p := pl.idle[i]
+		ready, dead := memberState(p)
+		switch {
+		case dead:
+			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
+			i--
 			go p.discard(context.Background())
-		default:
+		case ready:
+			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
 			return p
 		}
 	}
 	return nil
+}
+
+// memberState tells whether a member can take a session now (see take),
+// or must be dropped: its launcher ended, or its gate opened without its
+// processes.
+func memberState(p *Process) (ready, dead bool) {
+	select {
+	case <-p.done:
+		return false, true
+	default:
+	}
+	if p.gateStop == nil {
+		return true, false // no session cgroups: no sign to wait for
+	}
+	select {
+	case <-p.Stdin.gate:
+	default:
+		return false, false
+	}
+	held := p.procs.whole()
+	return held, !held
 }
 
 // memberScript is what a member's shell runs: the cgroup gate, then it

@@ -60,9 +60,10 @@ type Server struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	closing bool
-	runs    sync.WaitGroup // running session commands
+	mu        sync.Mutex
+	closing   bool
+	listeners []net.Listener // what Serve accepts on, closed by Close
+	runs      sync.WaitGroup // running session commands
 
 	// hook, set only by tests, is called where a library calls into
 	// the server (see at); it may panic.
@@ -316,8 +317,18 @@ func (s *Server) verifiedKey(c *conn, md gossh.ConnMetadata, key gossh.PublicKey
 
 // Serve accepts connections on l until Close.
 func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return nil
+	}
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
 	err := s.ssh.Serve(l)
-	if errors.Is(err, gliderssh.ErrServerClosed) {
+	s.mu.Lock()
+	closing := s.closing
+	s.mu.Unlock()
+	if errors.Is(err, gliderssh.ErrServerClosed) || (closing && errors.Is(err, net.ErrClosed)) {
 		return nil
 	}
 	return err
@@ -412,9 +423,14 @@ func (s *Server) run(ctx context.Context, l net.Listener) error {
 func (s *Server) Close() {
 	// Stop accepting. A connection in its handshake goes on; if it opens
 	// a session now, the session is refused with a message.
-	_ = s.ssh.Shutdown(doneContext())
+	// The listeners are closed here rather than by gliderlabs' Shutdown,
+	// whose goroutine waits on a WaitGroup that a connection finishing
+	// its handshake meanwhile adds to (a data race in gliderlabs).
 	s.mu.Lock()
 	s.closing = true
+	for _, l := range s.listeners {
+		_ = l.Close()
+	}
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
@@ -487,14 +503,6 @@ const closeLinger = 2 * time.Second
 // closeMargin is how long Close waits, beyond the kill grace, for sessions
 // to end on their own before it closes their connections.
 const closeMargin = 5 * time.Second
-
-// doneContext is an already cancelled context: Shutdown then closes the
-// listeners and returns without waiting for connections.
-func doneContext() context.Context {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	return ctx
-}
 
 // startRun registers a session command; false once the server is closing.
 func (s *Server) startRun() bool {
