@@ -111,26 +111,8 @@ func serveWith(o sshserver.Options, pprofAddr string) int {
 			log.Info("each session gets a cgroup of its own", "dir", cg.Dir())
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stops := make(chan os.Signal, 2)
-	signal.Notify(stops, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(stops)
-	hurry, finished := make(chan struct{}), make(chan struct{})
-	defer close(finished)
-	go func() {
-		select {
-		case <-stops:
-			cancel()
-		case <-finished:
-			return
-		}
-		select {
-		case <-stops:
-			close(hurry)
-		case <-finished:
-		}
-	}()
+	ctx, hurry, release := stopSignals()
+	defer release()
 	reload := make(chan os.Signal, 1)
 	signal.Notify(reload, syscall.SIGHUP)
 	defer signal.Stop(reload)
@@ -141,6 +123,34 @@ func serveWith(o sshserver.Options, pprofAddr string) int {
 		return 1
 	}
 	return 0
+}
+
+// stopSignals returns a context cancelled by the first SIGINT or SIGTERM
+// (drain: the sessions get the shutdown grace) and a channel closed by the
+// second (end them now); release stops listening.
+func stopSignals() (ctx context.Context, hurry <-chan struct{}, release func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	stops := make(chan os.Signal, 2)
+	signal.Notify(stops, syscall.SIGINT, syscall.SIGTERM)
+	second, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		select {
+		case <-stops:
+			cancel()
+		case <-finished:
+			return
+		}
+		select {
+		case <-stops:
+			close(second)
+		case <-finished:
+		}
+	}()
+	return ctx, second, func() {
+		signal.Stop(stops)
+		close(finished)
+		cancel()
+	}
 }
 
 // launcherFlags are the flags serve and init share to reach the prefix.
