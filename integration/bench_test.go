@@ -412,7 +412,7 @@ func TestBench(t *testing.T) {
 		if !want(name) {
 			continue
 		}
-		pooled := oursOf(startServer(t, serverOpt{args: []string{"--darling", lc.path}}), "darling-sshd, pool of 2")
+		pooled := oursOf(startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "2"}}), "darling-sshd, pool of 2")
 		unpooledServer := startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "0"}})
 		unpooled := oursOf(unpooledServer, "darling-sshd, --prespawn 0")
 		sshd, stopSSHD := startOpenSSH(t, unpooledServer, lc.path)

@@ -22,12 +22,12 @@ func (s *server) poolMembers() []int {
 }
 
 // TestPrespawn: exec sessions are handed to launchers started ahead
-// (--prespawn, on by default), with their environment, stdin, stdout,
+// (--prespawn 2), with their environment, stdin, stdout,
 // stderr and exit status as any session's; a used launcher is replaced;
 // idle ones are not sessions; ones whose container went away are dropped
 // and the pool refills after the next warm-up; none outlives the server.
 func TestPrespawn(t *testing.T) {
-	s := startServer(t, serverOpt{})
+	s := startServer(t, serverOpt{args: []string{"--prespawn", "2"}})
 	// A member counts once its launcher runs and its container side waits.
 	if !waitFor(time.Minute, func() bool { return len(s.poolMembers()) == 2 }) {
 		t.Fatalf("the pool never filled: %v\n%s", s.poolMembers(), s.log.String())
