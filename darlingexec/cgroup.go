@@ -318,11 +318,20 @@ const maxGatePasses = 8
 
 // moveMarked moves the session's known processes not yet moved, but its
 // launcher (ours, on the host), into cg and returns how many it moved.
+// A process that does not descend from the prefix's container is moved
+// too, and recorded (setElsewhere): its launcher found
+// no .init.pid (a session had just removed it) and cold-started a second
+// container of its own, which holds the session's stdout (Darling #1510)
+// and whose shellspawn the session may never reach.
 func (p *Process) moveMarked(cg *sessionCgroup, moved map[int]bool) int {
 	n := 0
+	c := p.procs.container()
 	for _, pid := range p.l.tracker.scan(p.procs) {
 		if moved[pid] || pid == p.Pid() || !inNestedPIDNamespace(pid) {
 			continue // done, or ours on the host: not the container's
+		}
+		if c != 0 && outsideContainer(pid, c) {
+			p.procs.setElsewhere()
 		}
 		start := p.procs.startOf(pid)
 		if err := cg.add(pid, start); err != nil {
@@ -334,6 +343,34 @@ func (p *Process) moveMarked(cg *sessionCgroup, moved map[int]bool) int {
 	}
 	return n
 }
+
+// outsideContainer reports whether pid, a process of a nested PID
+// namespace, does not descend from c, the container's darlingserver: its
+// parents, followed up, reach the host's init or a process of ours
+// first. A process that ended meanwhile is not counted (false).
+func outsideContainer(pid, c int) bool {
+	for range maxParentWalk {
+		if pid == c {
+			return false
+		}
+		b, err := readBounded("/proc/"+strconv.Itoa(pid)+"/stat", 4096)
+		if err != nil {
+			return false
+		}
+		p, ok := parseStat(b)
+		if !ok {
+			return false
+		}
+		if p.ppid <= 1 {
+			return true
+		}
+		pid = p.ppid
+	}
+	return false
+}
+
+// maxParentWalk bounds outsideContainer's walk up the process tree.
+const maxParentWalk = 256
 
 // waitEmpty waits until no process is left in the cgroup, for at most d
 // or until ctx is done, and reports whether it is empty. The kernel says

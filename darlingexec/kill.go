@@ -267,14 +267,40 @@ type sessionProcs struct {
 	cg *sessionCgroup
 
 	mu      sync.Mutex
-	foreign bool           // a process of our PID namespace was in the cgroup
-	held    bool           // the session's processes were moved into cg
-	protect int            // the container's init: never ours
-	known   map[int]uint64 // pid -> start time: the session's
+	foreign bool // a process of our PID namespace was in the cgroup
+	// elsewhere: a process of the session lives in another container
+	// than the prefix's (see moveMarked).
+	elsewhere bool
+	held      bool           // the session's processes were moved into cg
+	protect   int            // the container's init: never ours
+	known     map[int]uint64 // pid -> start time: the session's
 }
 
 func newSessionProcs(id string, since uint64, protect int) *sessionProcs {
 	return &sessionProcs{id: id, since: since, protect: protect, known: map[int]uint64{}}
+}
+
+// container returns the pid of the prefix's container the session was
+// started against (darlingserver), or 0.
+func (s *sessionProcs) container() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.protect
+}
+
+// setElsewhere records that a process of the session was found in
+// another container than the prefix's.
+func (s *sessionProcs) setElsewhere() {
+	s.mu.Lock()
+	s.elsewhere = true
+	s.mu.Unlock()
+}
+
+// inOtherContainer reports whether setElsewhere was called.
+func (s *sessionProcs) inOtherContainer() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.elsewhere
 }
 
 func (s *sessionProcs) setProtect(pid int) {

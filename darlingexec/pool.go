@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -129,7 +130,7 @@ func (pl *pool) fill() bool {
 			p.discard(context.Background())
 			return false
 		}
-		go pl.watch(p)
+		go pl.watch(p, p.Stdin.gate)
 	}
 	return true
 }
@@ -157,20 +158,61 @@ func (pl *pool) add(p *Process) bool {
 }
 
 // watch drops a member whose launcher ends while it waits (its container
-// went away): it is not handed out, and its processes are ended.
-func (pl *pool) watch(p *Process) {
-	<-p.done
+// went away), or whose gate opened on processes it cannot be handed out
+// with (see memberState): it is not handed out, and its processes are
+// ended. gate is the member's own gate, nil without session cgroups.
+func (pl *pool) watch(p *Process, gate <-chan struct{}) {
+	select {
+	case <-p.done:
+	case <-gate:
+		if !pl.dead(p) {
+			<-p.done
+		}
+	}
 	if !pl.remove(p) {
 		return
 	}
 	p.discard(context.Background())
-	pl.l.Log.Info("a launcher started ahead ended while idle; it will be replaced", "pid", p.Pid(), "status", p.status)
+	if p.procs.inOtherContainer() {
+		pl.l.Log.Warn("a launcher started ahead started a container of its own (.init.pid was missing when it looked); ended it with all it started", "pid", p.Pid())
+	} else {
+		pl.l.Log.Info("a launcher started ahead ended while idle; it will be replaced", "pid", p.Pid(), "status", p.status)
+	}
 	select {
 	case <-pl.ctx.Done():
 		return
 	case <-time.After(refillBackoff):
 	}
 	pl.wake()
+}
+
+// dead reports whether p, while still idle, must be dropped (see
+// memberState). Once handed out, a member is its session's.
+func (pl *pool) dead(p *Process) bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if !slices.Contains(pl.idle, p) {
+		return false
+	}
+	_, dead := memberState(p)
+	return dead
+}
+
+// PoolState reports how many launchers the pool keeps started ahead
+// (--prespawn) and how many of them could take a session now.
+func (l *Launcher) PoolState() (size, ready int) {
+	pl := l.pool
+	if pl == nil {
+		return 0, 0
+	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	for _, p := range pl.idle {
+		if ok, _ := memberState(p); ok {
+			ready++
+		}
+	}
+	return pl.size, ready
 }
 
 // remove takes p out of the idle members; false if it was not there.
@@ -211,8 +253,9 @@ func (pl *pool) take() *Process {
 }
 
 // memberState tells whether a member can take a session now (see take),
-// or must be dropped: its launcher ended, or its gate opened without its
-// processes.
+// or must be dropped: its launcher ended, its gate opened without its
+// processes, or some of them live in a container its launcher started
+// itself (a session removed .init.pid just as it looked).
 func memberState(p *Process) (ready, dead bool) {
 	select {
 	case <-p.done:
@@ -227,7 +270,7 @@ func memberState(p *Process) (ready, dead bool) {
 	default:
 		return false, false
 	}
-	held := p.procs.whole()
+	held := p.procs.whole() && !p.procs.inOtherContainer()
 	return held, !held
 }
 

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/darling-sshd/darling-sshd/sshserver"
 )
 
 // bins holds the binaries TestMain builds.
@@ -271,7 +274,28 @@ func startServer(t *testing.T, o serverOpt) *server {
 	}
 	_, s.port, _ = strings.Cut(s.addr, ":")
 	s.writeSSHConfig(s.clientKey)
+	s.awaitPool()
 	return s
+}
+
+// awaitPool waits until the server's pool of launchers started ahead
+// (--prespawn, 2 by default) is ready, so that a test's first exec
+// session is a pooled one: every exec test runs with the pool on. A
+// server without a running container (a test's launcher that cannot
+// start one) has no pool to wait for.
+func (s *server) awaitPool() {
+	s.t.Helper()
+	var st sshserver.Status
+	if !waitFor(time.Minute, func() bool {
+		raw, err := s.status("--json")
+		st = sshserver.Status{}
+		if err != nil || json.Unmarshal([]byte(raw), &st) != nil {
+			return false
+		}
+		return st.Pool.Ready >= st.Pool.Size || st.Container.Pid == 0
+	}) {
+		s.t.Fatalf("the pool of launchers started ahead never filled: %+v\n%s", st.Pool, s.log.String())
+	}
 }
 
 // serveFails runs darling-sshd serve on a fresh prefix with the stand-in

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -114,4 +115,52 @@ func startedPid(s *server, command string) int {
 		}
 	}
 	return 0
+}
+
+// TestPrespawnSecondContainer: a session removes .init.pid just as a
+// launcher started ahead looks for the container (a launcher made slow
+// while a flag file exists makes that certain). Like Darling's, that
+// launcher cold-starts a container of its own, which would hold its
+// session's stdout for good. The server must not hand it a session: it
+// ends it with all it started, starts another in the prefix's container,
+// and the next session runs there.
+func TestPrespawnSecondContainer(t *testing.T) {
+	dir := t.TempDir()
+	slowFlag := filepath.Join(dir, "slow")
+	launcher := filepath.Join(dir, "launcher")
+	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
+	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "1"}})
+	first := containerPidOf(s.prefix)
+	if err := os.WriteFile(slowFlag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Taking the one member starts its replacement, which sleeps a
+	// second before it reads .init.pid; the session removes it meanwhile.
+	if r := s.exec("rm -f /.init.pid; echo removed", ""); r.stdout != "removed\n" || r.code != 0 {
+		t.Fatalf("remove .init.pid: %+v", r)
+	}
+	if !waitFor(time.Minute, func() bool { return strings.Contains(s.log.String(), "started a container of its own") }) {
+		t.Fatalf("the launcher that started a second container was not noticed:\n%s", s.log.String())
+	}
+	os.Remove(slowFlag)
+	s.awaitPool()
+	before := s.poolMembers()
+	if r := s.exec("echo second", ""); r.stdout != "second\n" || r.code != 0 {
+		t.Fatalf("session after a launcher started a second container: %+v\n%s", r, s.log.String())
+	}
+	if pid := startedPid(s, "echo second"); !slices.Contains(before, pid) {
+		t.Errorf("the session ran on launcher %d, not on one started ahead (%v)", pid, before)
+	}
+	if got := containerPidOf(s.prefix); got != first {
+		t.Errorf(".init.pid names %d, want the prefix's container %d", got, first)
+	}
+	others := procsMatching(func(cl string) bool {
+		return strings.HasPrefix(cl, "darlingserver\x00"+s.prefix+"\x00")
+	})
+	if len(others) != 1 || others[0] != first {
+		t.Errorf("darlingserver processes of the prefix: %v, want only %d", others, first)
+	}
 }

@@ -54,6 +54,9 @@ type Launcher interface {
 	// a terminal; Close ends those still idle.
 	StartPool(n int)
 	Close()
+	// PoolState reports the pool's size and how many of its launchers
+	// could take a session now.
+	PoolState() (size, ready int)
 }
 
 // darling adapts darlingexec's Launcher to Launcher.

@@ -97,10 +97,9 @@ func DefaultOptions() Options {
 		KnownHostsOut:      "/var/lib/darling-sshd/known_hosts",
 		HostAlias:          "darling-builder",
 		StateDir:           "/var/lib/darling-sshd",
-		// Off until a launcher started ahead can no longer be handed a
-		// session while a FIFO a session put at .init.pid holds it
-		// (TestInitPidFIFO hung with it on); --prespawn 2 turns it on.
-		Prespawn: 0,
+		// Two launchers started ahead: a build's connections seldom
+		// arrive faster than two refills; 0 turns the pool off.
+		Prespawn: 2,
 
 		// Half of MaxStartups' start: one source alone never starts the
 		// random early drop, and 32 logins at once from one host (the Nix

@@ -55,6 +55,8 @@ func (f *fakeLauncher) StartPool(int) {}
 
 func (f *fakeLauncher) Close() {}
 
+func (f *fakeLauncher) PoolState() (int, int) { return 0, 0 }
+
 func (f *fakeLauncher) PrefixRoot(context.Context) (*os.File, error) { return os.Open(f.dir) }
 
 func (f *fakeLauncher) Start(ctx context.Context, r darlingexec.Request) (Command, error) {

@@ -101,6 +101,8 @@ func (s *Server) writeMetrics(w io.Writer) {
 		up = 1
 	}
 	sample("darling_sshd_container_up", "", up)
+	fam("darling_sshd_pool_ready", "gauge", "Launchers started ahead of exec sessions that could take one now (of --prespawn).")
+	sample("darling_sshd_pool_ready", "", float64(st.Pool.Ready))
 	if st.Container.Pid != 0 && !st.Container.Since.IsZero() {
 		fam("darling_sshd_container_start_time_seconds", "gauge", "When the prefix's container started, in seconds since the Unix epoch.")
 		sample("darling_sshd_container_start_time_seconds", "", unixSeconds(st.Container.Since))

@@ -32,6 +32,7 @@ import (
 type Status struct {
 	Server    ServerInfo    `json:"server"`
 	Container ContainerInfo `json:"container"` // Pid 0: none running
+	Pool      PoolInfo      `json:"pool"`
 	Sessions  []SessionInfo `json:"sessions"`
 	Counters  Counters      `json:"counters"`
 }
@@ -54,6 +55,13 @@ type ServerInfo struct {
 type ContainerInfo struct {
 	Pid   int       `json:"pid"`            // 0: none running
 	Since time.Time `json:"since,omitzero"` // when it started
+}
+
+// PoolInfo is the launchers kept started ahead of exec sessions
+// (--prespawn): they are not sessions.
+type PoolInfo struct {
+	Size  int `json:"size"`  // --prespawn; 0: no pool
+	Ready int `json:"ready"` // idle launchers that could take a session now
 }
 
 // SessionInfo is one running session.
@@ -276,6 +284,7 @@ func (s *Server) status() *Status {
 	if pid, since, ok := s.launcher.Container(); ok {
 		st.Container = ContainerInfo{Pid: pid, Since: since}
 	}
+	st.Pool.Size, st.Pool.Ready = s.launcher.PoolState()
 	st.Sessions, st.Counters = s.reg.snapshot()
 	return st
 }

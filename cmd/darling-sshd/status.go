@@ -55,6 +55,9 @@ func printStatus(w io.Writer, st *sshserver.Status, now time.Time) {
 	} else {
 		fmt.Fprintln(w, "container  none running (the next session starts one)")
 	}
+	if p := st.Pool; p.Size > 0 {
+		fmt.Fprintf(w, "pool       %d of %d launchers started ahead ready\n", p.Ready, p.Size)
+	}
 
 	fmt.Fprintf(w, "\nsessions running: %d\n", len(st.Sessions))
 	if len(st.Sessions) > 0 {
