@@ -288,7 +288,7 @@ func (l *Launcher) spawnMember(ctx context.Context) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := session{id: id, marker: "\x1edarling-sshd:" + id + "\x1e", env: l.Env(Request{}, id)}
+	s := session{id: id, marker: "\x1edarling-sshd:" + id + "\x1e", env: l.Env(Request{}, id), member: true}
 	if l.Cgroups != nil {
 		s.gate = gateStep(false)
 	}
@@ -345,6 +345,9 @@ func (pl *pool) serve(ctx context.Context, s session) (*Process, bool) {
 		return nil, false
 	}
 	p.request = name
+	// An idle member forks nothing: the tracker's periodic look at
+	// /proc starts with its session.
+	pl.l.tracker.add(p.procs)
 	// The path goes to the member once its gate has opened (its
 	// processes are in its cgroup), without Start waiting for that; the
 	// client's bytes wait behind it.

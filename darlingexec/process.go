@@ -105,6 +105,9 @@ type session struct {
 	req        Request
 	id, marker string
 	gate       string // the script's gate step; "" without session cgroups
+	// member: a launcher started ahead (see pool), which the tracker
+	// follows only once it is handed a session.
+	member bool
 	args, env  []string
 }
 
@@ -223,7 +226,9 @@ func (l *Launcher) startLauncher(s session) (*Process, error) {
 	if s.marker != "" {
 		p.Stdout.head = &markerReader{r: sio.stdout, marker: []byte(s.marker), log: l.Log, bufs: &l.bufs}
 	}
-	l.tracker.add(p.procs)
+	if !s.member {
+		l.tracker.add(p.procs)
+	}
 	go p.wait()
 	return p, nil
 }
