@@ -345,26 +345,34 @@ func (p *Process) moveMarked(cg *sessionCgroup, moved map[int]bool) int {
 }
 
 // outsideContainer reports whether pid, a process of a nested PID
-// namespace, does not descend from c, the container's darlingserver: its
-// parents, followed up, reach the host's init or a process of ours
-// first. A process that ended meanwhile is not counted (false).
+// namespace, does not belong to the container whose darlingserver is c:
+// followed up through its parents, the first one in our PID namespace is
+// not c (a container's launchd is darlingserver's own child). Where a
+// read fails (the process ended meanwhile) it reports false.
 func outsideContainer(pid, c int) bool {
+	ours, err := pidNamespaceDepth("self")
+	if err != nil {
+		return false
+	}
 	for range maxParentWalk {
-		if pid == c {
-			return false
-		}
-		b, err := readBounded("/proc/"+strconv.Itoa(pid)+"/stat", 4096)
+		depth, err := pidNamespaceDepth(strconv.Itoa(pid))
 		if err != nil {
 			return false
 		}
-		p, ok := parseStat(b)
-		if !ok {
+		if depth <= ours {
+			return pid != c
+		}
+		proc, err := openProcDir(pid)
+		if err != nil {
 			return false
 		}
-		if p.ppid <= 1 {
-			return true
+		b, err := readProcFile(proc, "stat", 4096)
+		unix.Close(proc)
+		st, ok := parseStat(b)
+		if err != nil || !ok || st.ppid <= 0 {
+			return false
 		}
-		pid = p.ppid
+		pid = st.ppid
 	}
 	return false
 }

@@ -47,9 +47,17 @@ type pool struct {
 const requestDir = ".darling-sshd-requests"
 
 // StartPool starts keeping n launchers ahead of the exec sessions, from
-// the next warm-up on; n 0 keeps none. Close ends them.
+// the next warm-up on; n 0 keeps none. Close ends them. The pool needs
+// session cgroups: a member is handed out only once its gate shows its
+// processes in place, all in the prefix's container (see memberState);
+// without them nothing tells a member that hangs, or runs in a container
+// its launcher started itself, from one that waits.
 func (l *Launcher) StartPool(n int) {
 	if n <= 0 || l.pool != nil {
+		return
+	}
+	if l.Cgroups == nil {
+		l.Log.Warn("no launchers started ahead of the sessions (--prespawn): that needs session cgroups, and there are none", "prespawn", n)
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -126,11 +134,13 @@ func (pl *pool) fill() bool {
 			}
 			continue
 		}
+		// Read before add publishes p: serve replaces it.
+		gate := p.Stdin.gate
 		if !pl.add(p) {
 			p.discard(context.Background())
 			return false
 		}
-		go pl.watch(p, p.Stdin.gate)
+		go pl.watch(p, gate)
 	}
 	return true
 }
@@ -160,7 +170,7 @@ func (pl *pool) add(p *Process) bool {
 // watch drops a member whose launcher ends while it waits (its container
 // went away), or whose gate opened on processes it cannot be handed out
 // with (see memberState): it is not handed out, and its processes are
-// ended. gate is the member's own gate, nil without session cgroups.
+// ended. gate is the member's own.
 func (pl *pool) watch(p *Process, gate <-chan struct{}) {
 	select {
 	case <-p.done:
@@ -173,10 +183,13 @@ func (pl *pool) watch(p *Process, gate <-chan struct{}) {
 		return
 	}
 	p.discard(context.Background())
-	if p.procs.inOtherContainer() {
+	switch {
+	case p.procs.inOtherContainer():
 		pl.l.Log.Warn("a launcher started ahead started a container of its own (.init.pid was missing when it looked); ended it with all it started", "pid", p.Pid())
-	} else {
+	case isDone(p.done):
 		pl.l.Log.Info("a launcher started ahead ended while idle; it will be replaced", "pid", p.Pid(), "status", p.status)
+	default:
+		pl.l.Log.Warn("a launcher started ahead never got its processes in place; ended it", "pid", p.Pid())
 	}
 	select {
 	case <-pl.ctx.Done():
@@ -213,6 +226,16 @@ func (l *Launcher) PoolState() (size, ready int) {
 		}
 	}
 	return pl.size, ready
+}
+
+// isDone reports whether ch is closed.
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // remove takes p out of the idle members; false if it was not there.
@@ -257,17 +280,10 @@ func (pl *pool) take() *Process {
 // processes, or some of them live in a container its launcher started
 // itself (a session removed .init.pid just as it looked).
 func memberState(p *Process) (ready, dead bool) {
-	select {
-	case <-p.done:
+	if isDone(p.done) {
 		return false, true
-	default:
 	}
-	if p.gateStop == nil {
-		return true, false // no session cgroups: no sign to wait for
-	}
-	select {
-	case <-p.Stdin.gate:
-	default:
+	if !isDone(p.Stdin.gate) {
 		return false, false
 	}
 	held := p.procs.whole() && !p.procs.inOtherContainer()

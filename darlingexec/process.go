@@ -107,8 +107,8 @@ type session struct {
 	gate       string // the script's gate step; "" without session cgroups
 	// member: a launcher started ahead (see pool), which the tracker
 	// follows only once it is handed a session.
-	member bool
-	args, env  []string
+	member    bool
+	args, env []string
 }
 
 // prepare gives req a session marker of its own and builds the launcher's

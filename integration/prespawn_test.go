@@ -104,6 +104,22 @@ func TestPrespawnOff(t *testing.T) {
 	}
 }
 
+// TestPrespawnNeedsCgroups: without session cgroups nothing tells a
+// launcher started ahead that hangs from one that waits, so the pool is
+// off, the log says why, and sessions start their own launchers.
+func TestPrespawnNeedsCgroups(t *testing.T) {
+	s := startServer(t, serverOpt{args: []string{"--session-cgroups", "off"}})
+	if !strings.Contains(s.log.String(), "needs session cgroups") {
+		t.Errorf("no word in the log of the pool being off:\n%s", s.log.String())
+	}
+	if r := s.exec("echo own; exit 4", ""); r.stdout != "own\n" || r.code != 4 {
+		t.Errorf("session: %+v", r)
+	}
+	if m := s.poolMembers(); len(m) != 0 {
+		t.Errorf("launchers started ahead without session cgroups: %v", m)
+	}
+}
+
 // startedPid is the launcher pid the log's "exec started" line gives for
 // the command that starts with command.
 func startedPid(s *server, command string) int {

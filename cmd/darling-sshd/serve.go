@@ -50,7 +50,7 @@ func serveCmd(fs *flag.FlagSet) action {
 	fs.BoolVar(&o.PerSourceExemptLoopback, "per-source-exempt-loopback", d.PerSourceExemptLoopback, "no per-source limit for 127.0.0.0/8 and ::1 (a local proxy or Nix daemon that opens many connections at once)")
 	fs.IntVar(&o.MaxAuthTries, "max-auth-tries", d.MaxAuthTries, "authentication attempts per connection")
 	fs.IntVar(&o.MaxSessions, "max-sessions", d.MaxSessions, "sessions open at once per connection")
-	fs.IntVar(&o.Prespawn, "prespawn", d.Prespawn, "launchers kept started ahead of the exec sessions without a terminal that will use them, so that a session does not wait for Darling's start (0: none)")
+	fs.IntVar(&o.Prespawn, "prespawn", d.Prespawn, "launchers kept started ahead of the exec sessions without a terminal that will use them, so that a session does not wait for Darling's start; needs session cgroups (0: none)")
 	fs.IntVar(&o.MaxExec, "max-exec", d.MaxExec, "exec sessions running at once; beyond, they wait their turn (0: no limit; shells and SFTP never wait)")
 	fs.DurationVar(&o.KeepaliveInterval, "keepalive-interval", d.KeepaliveInterval, "how often to check that a client is still there (0: never)")
 	fs.IntVar(&o.KeepaliveCountMax, "keepalive-count-max", d.KeepaliveCountMax, "unanswered keepalives before a connection is closed")
