@@ -274,6 +274,15 @@ func (p *Process) openGate(id string) {
 		if cg != nil && !p.enterCgroup(cg, stop) {
 			return
 		}
+		if p.procs.inOtherContainer() {
+			// Its command has not run: the script waits at the gate.
+			// Ended now, the client sees the session fail rather than
+			// hang on output that container holds (End waits for this
+			// gate, so it runs apart).
+			p.l.Log.Warn("a session's launcher started a container of its own (.init.pid was missing when it looked: a session had just removed it); ending the session and all it started", "pid", p.Pid())
+			go p.End(context.Background())
+			return
+		}
 		_, _ = p.Stdin.w.Write([]byte("\n"))
 	}()
 }

@@ -215,6 +215,14 @@ func verifyContainer(pid int, prefix string) (container, error) {
 	if err := checkOwnMountNamespace(proc); err != nil {
 		return container{}, err
 	}
+	// A session's launcher that found no .init.pid (the session's own
+	// command, or another session, had just removed it) cold-starts a
+	// container of its own, which writes its pid there and inherits the
+	// session's marker: it holds that session's output and ends with it.
+	// The warm-up's launcher carries no marker.
+	if env, err := readProcFile(proc, "environ", maxEnviron); err == nil && sessionOf(env) != "" {
+		return container{}, errors.New("a session's launcher started it (its environment holds a session marker), not the warm-up")
+	}
 	// Darling's launcher starts darlingserver from its caller's PID
 	// namespace, so its parent (the launcher, or the init that adopted it)
 	// lives in ours. Every process of a session descends from launchd,

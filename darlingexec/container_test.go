@@ -130,6 +130,10 @@ func TestContainerRefused(t *testing.T) {
 	}{
 		{name: "other process", setup: func(t *testing.T, prefix string) { startNamed(t, prefix, "sleeper", true) }},
 		{name: "nothing mounted", setup: func(t *testing.T, prefix string) { startNamed(t, prefix, "darlingserver", false) }},
+		{name: "started by a session", setup: func(t *testing.T, prefix string) {
+			t.Setenv(SessionVar, "0123456789abcdef01234567")
+			startNamed(t, prefix, "darlingserver", true)
+		}},
 		{name: "our own pid", setup: func(t *testing.T, prefix string) {
 			os.MkdirAll(prefix, 0o755)
 			os.WriteFile(filepath.Join(prefix, ".init.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)

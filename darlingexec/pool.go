@@ -185,7 +185,7 @@ func (pl *pool) watch(p *Process, gate <-chan struct{}) {
 	p.discard(context.Background())
 	switch {
 	case p.procs.inOtherContainer():
-		pl.l.Log.Warn("a launcher started ahead started a container of its own (.init.pid was missing when it looked); ended it with all it started", "pid", p.Pid())
+		// Said when found (openGate).
 	case isDone(p.done):
 		pl.l.Log.Info("a launcher started ahead ended while idle; it will be replaced", "pid", p.Pid(), "status", p.status)
 	default:

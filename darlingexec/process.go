@@ -132,6 +132,11 @@ func (l *Launcher) prepare(req Request) (session, error) {
 	return s, Check(s.args, s.env)
 }
 
+// errSecondContainer is Wait's error for a session ended before its
+// command ran because its launcher started a container of its own (see
+// openGate).
+var errSecondContainer = errors.New("the launcher found no .init.pid in the prefix (a session had just removed it) and started a second container, which would have held the session's output; the session was ended before its command ran, try again")
+
 // errContainerStopped is launch's error when the container it found
 // stopped before the launcher could use it.
 var errContainerStopped = errors.New("the prefix's container stopped while the session started")
@@ -277,6 +282,9 @@ func (p *Process) wait() {
 		p.waitErr = err
 	}
 	p.status.Ended = p.ended.Load()
+	if p.procs.inOtherContainer() && p.waitErr == nil {
+		p.waitErr = errSecondContainer
+	}
 	close(p.done)
 }
 

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -182,5 +184,64 @@ func TestPrespawnSecondContainer(t *testing.T) {
 	})
 	if len(others) != 1 || others[0] != first {
 		t.Errorf("darlingserver processes of the prefix: %v, want only %d", others, first)
+	}
+}
+
+// TestSecondContainerSession: the same race for a session's own launcher
+// (--prespawn 0): a session removes .init.pid while another session's
+// launcher, slowed by a flag file, has yet to read it. That launcher
+// cold-starts a container of its own, which would hold its session's
+// output for good; the server ends that session before its command runs,
+// with all it started, and the next session runs in the prefix's
+// container.
+func TestSecondContainerSession(t *testing.T) {
+	dir := t.TempDir()
+	slowFlag := filepath.Join(dir, "slow")
+	launcher := filepath.Join(dir, "launcher")
+	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
+	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "0"}})
+	first := containerPidOf(s.prefix)
+	if err := os.WriteFile(slowFlag, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The second session's launcher sleeps a second before it reads
+	// .init.pid; the first session removes it within that second.
+	victim := s.ssh(ctx, "dut", "echo never")
+	var out, errOut bytes.Buffer
+	victim.Stdout, victim.Stderr = &out, &errOut
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(30*time.Second, func() bool { return startedPid(s, "echo never") != 0 }) {
+		t.Fatalf("the second session never started:\n%s", s.log.String())
+	}
+	os.Remove(slowFlag)
+	if r := s.exec("rm -f /.init.pid; echo removed", ""); r.stdout != "removed\n" || r.code != 0 {
+		t.Fatalf("remove .init.pid: %+v", r)
+	}
+	// It fails with a word why, rather than hang or pass for a success.
+	err := victim.Wait()
+	if code := victim.ProcessState.ExitCode(); code != 255 || out.Len() != 0 || !strings.Contains(errOut.String(), "second container") {
+		t.Errorf("the session whose launcher started a second container: %v (status %d), stdout %q, stderr %q", err, code, out.String(), errOut.String())
+	}
+	if !strings.Contains(s.log.String(), "started a container of its own") {
+		t.Errorf("the second container was not noticed:\n%s", s.log.String())
+	}
+	if r := s.exec("echo next", ""); r.stdout != "next\n" || r.code != 0 {
+		t.Fatalf("session after a launcher started a second container: %+v\n%s", r, s.log.String())
+	}
+	if got := containerPidOf(s.prefix); got != first {
+		t.Errorf(".init.pid names %d, want the prefix's container %d", got, first)
+	}
+	if !waitFor(30*time.Second, func() bool {
+		others := procsMatching(func(cl string) bool { return strings.HasPrefix(cl, "darlingserver\x00"+s.prefix+"\x00") })
+		return len(others) == 1 && others[0] == first
+	}) {
+		t.Errorf("a second container of the prefix outlived its session")
 	}
 }
