@@ -139,6 +139,20 @@ func startedPid(s *server, command string) int {
 	return 0
 }
 
+// slowLauncher returns a launcher that takes a second longer to start
+// while the file slowFlag exists (created by the test), then runs the
+// stand-in.
+func slowLauncher(t *testing.T) (launcher, slowFlag string) {
+	dir := t.TempDir()
+	slowFlag = filepath.Join(dir, "slow")
+	launcher = filepath.Join(dir, "launcher")
+	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
+	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return launcher, slowFlag
+}
+
 // TestPrespawnSecondContainer: a session removes .init.pid just as a
 // launcher started ahead looks for the container (a launcher made slow
 // while a flag file exists makes that certain). Like Darling's, that
@@ -147,13 +161,7 @@ func startedPid(s *server, command string) int {
 // ends it with all it started, starts another in the prefix's container,
 // and the next session runs there.
 func TestPrespawnSecondContainer(t *testing.T) {
-	dir := t.TempDir()
-	slowFlag := filepath.Join(dir, "slow")
-	launcher := filepath.Join(dir, "launcher")
-	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
-	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	launcher, slowFlag := slowLauncher(t)
 	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "1"}})
 	first := containerPidOf(s.prefix)
 	if err := os.WriteFile(slowFlag, nil, 0o644); err != nil {
@@ -195,13 +203,7 @@ func TestPrespawnSecondContainer(t *testing.T) {
 // with all it started, and the next session runs in the prefix's
 // container.
 func TestSecondContainerSession(t *testing.T) {
-	dir := t.TempDir()
-	slowFlag := filepath.Join(dir, "slow")
-	launcher := filepath.Join(dir, "launcher")
-	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
-	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	launcher, slowFlag := slowLauncher(t)
 	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "0"}})
 	first := containerPidOf(s.prefix)
 	if err := os.WriteFile(slowFlag, nil, 0o644); err != nil {
