@@ -357,29 +357,23 @@ func (p *Process) moveMarked(cg *sessionCgroup, moved map[int]bool) int {
 // namespace, does not belong to the container whose darlingserver is c:
 // followed up through its parents, the first one in our PID namespace is
 // not c (a container's launchd is darlingserver's own child). Where a
-// read fails (the process ended meanwhile) it reports false.
+// read fails (a process ended meanwhile) it reports false.
 func outsideContainer(pid, c int) bool {
 	ours, err := pidNamespaceDepth("self")
 	if err != nil {
 		return false
 	}
 	for range maxParentWalk {
-		depth, err := pidNamespaceDepth(strconv.Itoa(pid))
+		st, ok := statOf(pid)
+		if !ok || st.ppid <= 0 {
+			return false
+		}
+		depth, err := pidNamespaceDepth(strconv.Itoa(st.ppid))
 		if err != nil {
 			return false
 		}
 		if depth <= ours {
-			return pid != c
-		}
-		proc, err := openProcDir(pid)
-		if err != nil {
-			return false
-		}
-		b, err := readProcFile(proc, "stat", 4096)
-		unix.Close(proc)
-		st, ok := parseStat(b)
-		if err != nil || !ok || st.ppid <= 0 {
-			return false
+			return st.ppid != c
 		}
 		pid = st.ppid
 	}

@@ -315,8 +315,7 @@ func (s *sessionProcs) alive() []int {
 	defer s.mu.Unlock()
 	pids := make([]int, 0, len(s.known))
 	for pid, start := range s.known {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if p, live := parseStat(b); err == nil && live && p.start == start {
+		if p, live := statOf(pid); live && p.start == start {
 			pids = append(pids, pid)
 		} else {
 			delete(s.known, pid)
@@ -473,12 +472,18 @@ func (t *tracker) look(fn func(all map[int]proc, seen map[int]seenProc)) {
 
 // startTime returns pid's start time in clock ticks since boot, or 0.
 func startTime(pid int) uint64 {
+	p, _ := statOf(pid)
+	return p.start
+}
+
+// statOf reads pid's parent and start time from its /proc stat; false if
+// it is gone, a zombie, or its stat cannot be read.
+func statOf(pid int) (proc, bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0
+		return proc{}, false
 	}
-	p, _ := parseStat(b)
-	return p.start
+	return parseStat(b)
 }
 
 // proc is what scan needs of /proc/<pid>/stat.

@@ -22,11 +22,7 @@ import (
 // zombie has exited: a container killed by `darling shutdown` can linger as
 // one under an init that does not reap.
 func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	_, ok := parseStat(b)
+	_, ok := statOf(pid)
 	return ok
 }
 
