@@ -242,13 +242,12 @@ func isDone(ch <-chan struct{}) bool {
 func (pl *pool) remove(p *Process) bool {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	for i, q := range pl.idle {
-		if q == p {
-			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
-			return true
-		}
+	i := slices.Index(pl.idle, p)
+	if i < 0 {
+		return false
 	}
-	return false
+	pl.idle = slices.Delete(pl.idle, i, i+1)
+	return true
 }
 
 // take hands out an idle member that is ready, or nil. With session
@@ -264,11 +263,11 @@ func (pl *pool) take() *Process {
 		ready, dead := memberState(p)
 		switch {
 		case dead:
-			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
+			pl.idle = slices.Delete(pl.idle, i, i+1)
 			i--
 			go p.discard(context.Background())
 		case ready:
-			pl.idle = append(pl.idle[:i], pl.idle[i+1:]...)
+			pl.idle = slices.Delete(pl.idle, i, i+1)
 			return p
 		}
 	}
