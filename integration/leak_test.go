@@ -49,7 +49,7 @@ func TestSessionsLeaveNothing(t *testing.T) {
 	notIdle := func(pids []int) []int {
 		return slices.DeleteFunc(pids, func(pid int) bool {
 			cl, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-			return bytes.Contains(cl, []byte("IFS= read -r _r || exit 255; exec /bin/sh"))
+			return waitsForRequest(string(cl))
 		})
 	}
 	if !waitFor(30*time.Second, func() bool {

@@ -19,9 +19,15 @@ import (
 // its exec sessions, waiting for their request.
 func (s *server) poolMembers() []int {
 	return procsMatching(func(cl string) bool {
-		return strings.HasPrefix(cl, bins.standin+"\x00") && strings.Contains(cl, "IFS= read -r _r") &&
-			strings.Contains(cl, "\x00shell\x00")
+		return strings.HasPrefix(cl, bins.standin+"\x00") && waitsForRequest(cl) && strings.Contains(cl, "\x00shell\x00")
 	})
+}
+
+// waitsForRequest reports whether a process's command line is a pool
+// member's (its launcher, or its shell in the container): it waits for
+// its request.
+func waitsForRequest(cmdline string) bool {
+	return strings.Contains(cmdline, "IFS= read -r _r || exit 255; exec /bin/sh")
 }
 
 // TestPrespawn: exec sessions are handed to launchers started ahead
