@@ -83,16 +83,17 @@ func (l *Launcher) warm(ctx context.Context) error {
 		return fail(err)
 	}
 	defer log.Close()
-	probe, err := newProbe()
-	if err != nil {
-		return fail(err)
-	}
 	cold := l.containerPid() == 0
-	code, err := l.runProbe(ctx, probe, log)
-	if err != nil {
-		return fail(withOutput(err, log))
+	err = l.probe(ctx, log)
+	if err != nil && cold && l.containerPid() != 0 {
+		// A cold start can fail on its own although the container came
+		// up: Darling's launcher waits for the shellspawn socket to
+		// exist, not to listen, and may connect in between ("Connection
+		// refused"). A second launcher finds the container ready.
+		l.Log.Warn("the launcher that started the prefix's container failed; trying once more, now that the container runs", "err", err)
+		err = l.probe(ctx, log)
 	}
-	if err := l.checkProbe(probe, code, log); err != nil {
+	if err != nil {
 		return fail(err)
 	}
 	c := l.verified()
@@ -110,6 +111,20 @@ func (l *Launcher) warm(ctx context.Context) error {
 		l.pool.wake()
 	}
 	return nil
+}
+
+// probe runs a new probe command through the launcher and checks what it
+// printed.
+func (l *Launcher) probe(ctx context.Context, log *os.File) error {
+	probe, err := newProbe()
+	if err != nil {
+		return err
+	}
+	code, err := l.runProbe(ctx, probe, log)
+	if err != nil {
+		return withOutput(err, log)
+	}
+	return l.checkProbe(probe, code, log)
 }
 
 // runProbe runs the probe command through the launcher and returns its

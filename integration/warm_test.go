@@ -88,3 +88,27 @@ func TestWarmUpShowsLauncherOutput(t *testing.T) {
 		t.Errorf("a 10 MB launcher output made a %d-byte log", len(log))
 	}
 }
+
+// TestWarmUpRetriesColdStart: the launcher that cold-starts the prefix's
+// container can fail although the container came up (Darling's launcher
+// waits for the shellspawn socket to exist, not to listen, and may
+// connect in between: "Connection refused"). Here the first launcher
+// starts the container, then fails so; the warm-up tries once more, finds
+// the container running, and the server serves.
+func TestWarmUpRetriesColdStart(t *testing.T) {
+	once := filepath.Join(t.TempDir(), "failed-once")
+	launcher := launcherScript(t, `if [ ! -e `+once+` ]; then
+	touch `+once+`
+	"$STANDIN" shell /bin/true </dev/null >/dev/null 2>&1
+	echo "Error connecting to shellspawn in the container: Connection refused"
+	exit 1
+fi
+exec "$STANDIN" "$@"`)
+	s := startServer(t, serverOpt{args: []string{"--darling", launcher, "--prespawn", "0"}})
+	if !strings.Contains(s.log.String(), "trying once more") {
+		t.Errorf("no second try logged:\n%s", s.log.String())
+	}
+	if r := s.exec("echo served", ""); r.stdout != "served\n" || r.code != 0 {
+		t.Errorf("session after a cold start that failed once: %+v", r)
+	}
+}
