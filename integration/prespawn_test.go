@@ -149,14 +149,8 @@ func startedPid(s *server, command string) int {
 // while the file slowFlag exists (created by the test), then runs the
 // stand-in.
 func slowLauncher(t *testing.T) (launcher, slowFlag string) {
-	dir := t.TempDir()
-	slowFlag = filepath.Join(dir, "slow")
-	launcher = filepath.Join(dir, "launcher")
-	script := "#!/bin/sh\n[ -e " + slowFlag + " ] && sleep 1\nexec " + bins.standin + " \"$@\"\n"
-	if err := os.WriteFile(launcher, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return launcher, slowFlag
+	slowFlag = filepath.Join(t.TempDir(), "slow")
+	return launcherScript(t, "[ -e "+slowFlag+" ] && sleep 1\nexec \"$STANDIN\" \"$@\""), slowFlag
 }
 
 // TestPrespawnSecondContainer: a session removes .init.pid just as a
