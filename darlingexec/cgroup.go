@@ -315,6 +315,12 @@ func (p *Process) enterCgroup(cg *sessionCgroup, stop <-chan struct{}) bool {
 		}
 	}
 	p.procs.setHeld()
+	if p.procs.whole() {
+		// From here on the cgroup holds all the session starts, however
+		// it leaves its tree or clears its environment: the tracker's
+		// walks of /proc would only cost CPU for as long as it runs.
+		p.l.tracker.remove(p.procs)
+	}
 	return true
 }
 

@@ -371,9 +371,10 @@ const trackEvery = 500 * time.Millisecond
 // tracker follows the processes of running sessions in the background,
 // one /proc walk for all of them, so that a process that leaves a
 // session's tree and clears its environment is known when the session
-// ends. It runs only while there are sessions. It reads each process's
-// environment once in the process's life, whatever the number of
-// sessions. The zero value is ready.
+// ends. It runs only while there are such sessions: one whose cgroup
+// holds all its processes leaves it (see enterCgroup). It reads each
+// process's environment once in the process's life, whatever the number
+// of sessions. The zero value is ready.
 type tracker struct {
 	mu       sync.Mutex
 	sessions map[*sessionProcs]struct{}

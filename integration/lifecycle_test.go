@@ -292,7 +292,9 @@ func cpuTicks(t *testing.T, pid int) int {
 // session's goroutine burn a core for as long as the output stayed open).
 // A session with a pty and one without hold their output for 10 s at the
 // same time; the server's CPU time from the first output to both exits
-// must stay under 1% of the hold.
+// must stay under 0.5% of the hold. Their cgroups hold them whole, so
+// not even the tracker's walks of /proc run (they cost 70-100 ms here on
+// a race build).
 func TestOutputHeldOpenIsIdle(t *testing.T) {
 	s := startServer(t, serverOpt{})
 	const hold = 10 * time.Second
@@ -334,7 +336,7 @@ func TestOutputHeldOpenIsIdle(t *testing.T) {
 	if wall < hold*8/10 {
 		t.Fatalf("the sessions ended after %v: the output was not held", wall)
 	}
-	if limit := hold / 100; used >= limit {
+	if limit := hold / 200; used >= limit {
 		t.Errorf("the server used %v of CPU in %v while two sessions' output was held (limit %v)", used, wall, limit)
 	}
 	t.Logf("server CPU %v in %v with two sessions' output held", used, wall)
