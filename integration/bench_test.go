@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,6 +66,8 @@ func startBusy(t *testing.T, n int) func() {
 	var cmds []*exec.Cmd
 	for i := range n {
 		c := exec.Command("taskset", "-c", strconv.Itoa(i%runtime.NumCPU()), "sh", "-c", "while :; do :; done")
+		// Each in a session of its own, as Nix starts each build.
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -267,7 +270,7 @@ func timeRun(t *testing.T, name string, args []string, stdin string) float64 {
 
 func TestBench(t *testing.T) {
 	const gib = 1 << 30
-	s := startServer(t, serverOpt{})
+	s := startServer(t, serverOpt{ownSession: true})
 	ours := oursOf(s, "darling-sshd")
 	openssh, stop := startOpenSSH(t, s, bins.standin)
 	defer stop()
@@ -412,8 +415,8 @@ func TestBench(t *testing.T) {
 		if !want(name) {
 			continue
 		}
-		pooled := oursOf(startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "2"}}), "darling-sshd, pool of 2")
-		unpooledServer := startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "0"}})
+		pooled := oursOf(startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "2"}, ownSession: true}), "darling-sshd, pool of 2")
+		unpooledServer := startServer(t, serverOpt{args: []string{"--darling", lc.path, "--prespawn", "0"}, ownSession: true})
 		unpooled := oursOf(unpooledServer, "darling-sshd, --prespawn 0")
 		sshd, stopSSHD := startOpenSSH(t, unpooledServer, lc.path)
 		var xs []float64

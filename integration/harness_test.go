@@ -88,6 +88,13 @@ type serverOpt struct {
 	args   []string   // extra serve flags
 	env    []string   // extra server environment
 	files  []*os.File // inherited from fd 3 on, without close-on-exec
+	// ownSession starts the server in a session of its own, as systemd
+	// starts a service. With the scheduler's autogroups (Debian's
+	// default), CPU time is shared out between sessions first: the
+	// benchmark's server must not share one with its busy processes and
+	// clients, as sshd's per-connection processes, which call setsid(2),
+	// do not.
+	ownSession bool
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and many readers.
@@ -241,6 +248,9 @@ func startServer(t *testing.T, o serverOpt) *server {
 	s.cmd = exec.Command(bins.server, args...)
 	s.cmd.Env = append([]string{"HOME=/root", "PATH=" + os.Getenv("PATH"), noRaceExitSleep}, o.env...)
 	s.cmd.ExtraFiles = o.files
+	if o.ownSession {
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
