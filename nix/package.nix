@@ -9,7 +9,7 @@
   pname = "darling-sshd";
   version = "0.1.0";
   src = lib.cleanSource ./..;
-  vendorHash = "sha256-VlEtd5L/Dr+8MuB2rmgZPkdOEdX+p9rS20oDb6cXBDE=";
+  vendorHash = "sha256-UcqyyiVhBByA6lGi0FMslENtqrCUeYRkgZJkuYeyIqA=";
   subPackages = [ "cmd/darling-sshd" ];
   # The tests need root, namespaces, OpenSSH and Nix: they run in `make test`.
   doCheck = false;

@@ -388,22 +388,11 @@ func (c *gcmCipher) readCipherPacket(seqNum uint32, r io.Reader) ([]byte, error)
 		c.buf = c.buf[:length+gcmTagSize]
 	}
 
-	// Decrypt straight out of the transport's read buffer, if it has
-	// one: the packet is not copied into c.buf first.
-	sealed := c.buf
-	p, peek := r.(packetPeeker)
-	if peek {
-		var err error
-		if sealed, err = p.Peek(len(c.buf)); err != nil {
-			return nil, err
-		}
-	} else if _, err := io.ReadFull(r, sealed); err != nil {
+	if _, err := io.ReadFull(r, c.buf); err != nil {
 		return nil, err
 	}
-	plain, err := c.aead.Open(c.buf[:0], c.iv, sealed, c.prefix[:])
-	if peek {
-		p.Discard(len(sealed))
-	}
+
+	plain, err := c.aead.Open(c.buf[:0], c.iv, c.buf, c.prefix[:])
 	if err != nil {
 		return nil, err
 	}
@@ -425,14 +414,6 @@ func (c *gcmCipher) readCipherPacket(seqNum uint32, r io.Reader) ([]byte, error)
 	}
 	plain = plain[1 : length-uint32(padding)]
 	return plain, nil
-}
-
-// packetPeeker is the transport's read buffer (readBuffer) as a cipher
-// sees it: Peek returns the next n bytes (n at most readBufferSize), and
-// Discard consumes them.
-type packetPeeker interface {
-	Peek(n int) ([]byte, error)
-	Discard(n int)
 }
 
 // cbcCipher implements the CBC ciphers defined in RFC 4253 section 6.1, in
