@@ -48,7 +48,7 @@ func FindCgroups() (*Cgroups, error) {
 	c := &Cgroups{dir: own}
 	if rel == "/" {
 		c.dir, c.created = filepath.Join(own, "darling-sshd."+strconv.Itoa(os.Getpid())), true
-		os.Remove(c.dir) // an empty one a killed server of the same pid left
+		removeEmpty(c.dir) // one a killed server of the same pid left
 		if err := os.Mkdir(c.dir, 0o755); err != nil {
 			return nil, fmt.Errorf("make %s: %w", c.dir, err)
 		}
@@ -92,11 +92,25 @@ func enableControllers(dir string) {
 	}
 }
 
-// Close removes the folder FindCgroups made, once its sessions are gone.
+// Close removes the folder FindCgroups made, and the cgroups left in it
+// of sessions that are gone: a session the server stopped waiting for at
+// shutdown has no one left to remove its own.
 func (c *Cgroups) Close() {
 	if c != nil && c.created {
-		os.Remove(c.dir)
+		removeEmpty(c.dir)
 	}
+}
+
+// removeEmpty removes dir, a cgroup of ours, and the session cgroups in
+// it that hold no process; one that still does stays, and so does dir.
+func removeEmpty(dir string) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "s-") {
+			_ = unix.Rmdir(filepath.Join(dir, e.Name()))
+		}
+	}
+	_ = unix.Rmdir(dir)
 }
 
 // Dir is where the sessions' cgroups are made.

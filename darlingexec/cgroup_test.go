@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -51,5 +52,36 @@ func TestCgroupSparesHostProcesses(t *testing.T) {
 	}
 	if !ps.foreign {
 		t.Error("the host process in the cgroup went unnoticed")
+	}
+}
+
+// TestCgroupsLeftSessions: the cgroups of sessions nobody removed (the
+// server stopped waiting for them at shutdown, or was killed) do not
+// outlive Close, nor keep a server that later gets the same pid from
+// making its cgroup.
+func TestCgroupsLeftSessions(t *testing.T) {
+	killed, err := FindCgroups()
+	if err != nil {
+		t.Skipf("no writable cgroup v2: %v", err)
+	}
+	if !killed.created {
+		t.Skip("the cgroup is not made by FindCgroups here")
+	}
+	if _, err := killed.newSession("left-by-a-killed-server"); err != nil {
+		t.Fatal(err)
+	}
+	// The same pid again, as after a restart.
+	cgs, err := FindCgroups()
+	if err != nil {
+		t.Fatalf("a killed server's cgroup with a session's left in it: %v", err)
+	}
+	for _, id := range []string{"a", "b"} {
+		if _, err := cgs.newSession(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cgs.Close()
+	if _, err := os.Stat(cgs.Dir()); !os.IsNotExist(err) {
+		t.Errorf("%s outlived Close with sessions' cgroups left in it: %v", cgs.Dir(), err)
 	}
 }
