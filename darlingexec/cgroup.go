@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -49,14 +50,22 @@ func FindCgroups() (*Cgroups, error) {
 	if rel == "/" {
 		c.dir, c.created = filepath.Join(own, "darling-sshd."+strconv.Itoa(os.Getpid())), true
 		removeEmpty(c.dir) // one a killed server of the same pid left
-		if err := os.Mkdir(c.dir, 0o755); err != nil {
+		base := c.dir
+		err := os.Mkdir(c.dir, 0o755)
+		for n := 1; errors.Is(err, fs.ErrExist) && n < 10; n++ {
+			// Its sessions' processes outlived it: a name of our own.
+			c.dir = base + "-" + strconv.Itoa(n)
+			removeEmpty(c.dir)
+			err = os.Mkdir(c.dir, 0o755)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("make %s: %w", c.dir, err)
 		}
 	} else if err := c.leaveForLeaf(); err != nil {
 		return nil, err
 	}
 	enableControllers(c.dir)
-	probe := filepath.Join(c.dir, "probe")
+	probe := filepath.Join(c.dir, "s-probe") // s-: removeEmpty's, if we die here
 	if err := os.Mkdir(probe, 0o755); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("make a session cgroup in %s: %w", c.dir, err)
@@ -323,13 +332,15 @@ func (p *Process) enterCgroup(cg *sessionCgroup, stop <-chan struct{}) bool {
 	}
 	// A process forked between the scan and the move started outside:
 	// scan again until a whole scan finds none of the session's left out.
+	clean := false
 	for range maxGatePasses {
 		if p.moveMarked(cg, moved) == 0 {
+			clean = true
 			break
 		}
 	}
 	p.procs.setHeld()
-	if p.procs.whole() {
+	if clean && p.procs.whole() {
 		// From here on the cgroup holds all the session starts, however
 		// it leaves its tree or clears its environment: the tracker's
 		// walks of /proc would only cost CPU for as long as it runs.

@@ -58,22 +58,47 @@ func TestCgroupSparesHostProcesses(t *testing.T) {
 // TestCgroupsLeftSessions: the cgroups of sessions nobody removed (the
 // server stopped waiting for them at shutdown, or was killed) do not
 // outlive Close, nor keep a server that later gets the same pid from
-// making its cgroup.
+// making its cgroup, even if a process still runs in one of them.
 func TestCgroupsLeftSessions(t *testing.T) {
 	killed, err := FindCgroups()
 	if err != nil {
 		t.Skipf("no writable cgroup v2: %v", err)
 	}
+	t.Cleanup(killed.Close)
 	if !killed.created {
 		t.Skip("the cgroup is not made by FindCgroups here")
 	}
-	if _, err := killed.newSession("left-by-a-killed-server"); err != nil {
+	if _, err := killed.newSession("left-empty"); err != nil {
+		t.Fatal(err)
+	}
+	held, err := killed.newSession("left-populated")
+	if err != nil {
+		t.Fatal(err)
+	}
+	survivor := exec.Command("sleep", "60")
+	if err := survivor.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = writeCgroupFile(filepath.Join(filepath.Dir(killed.Dir()), "cgroup.procs"), strconv.Itoa(survivor.Process.Pid))
+		survivor.Process.Kill()
+		survivor.Wait()
+		_ = held.remove()
+	})
+	if err := writeCgroupFile(filepath.Join(held.dir, "cgroup.procs"), strconv.Itoa(survivor.Process.Pid)); err != nil {
 		t.Fatal(err)
 	}
 	// The same pid again, as after a restart.
 	cgs, err := FindCgroups()
 	if err != nil {
-		t.Fatalf("a killed server's cgroup with a session's left in it: %v", err)
+		t.Fatalf("a killed server's cgroup with sessions' left in it: %v", err)
+	}
+	t.Cleanup(cgs.Close)
+	if cgs.Dir() == killed.Dir() {
+		t.Fatalf("%s was taken again with a process in it", cgs.Dir())
+	}
+	if _, err := os.Stat(filepath.Join(killed.Dir(), "s-left-empty")); !os.IsNotExist(err) {
+		t.Errorf("a killed server's empty session cgroup was left: %v", err)
 	}
 	for _, id := range []string{"a", "b"} {
 		if _, err := cgs.newSession(id); err != nil {

@@ -22,7 +22,10 @@ func (p *Process) Signal(name string) error {
 		return errors.New("the command has exited")
 	default:
 	}
-	pids := slices.DeleteFunc(p.l.tracker.scan(p.procs), func(pid int) bool { return pid == p.Pid() })
+	// The cgroup's too: a session it holds whole is no longer followed
+	// by the tracker, and a process that left its tree and cleared its
+	// environment is found only there.
+	pids := slices.DeleteFunc(p.procs.withCgroup(p.l.tracker.scan(p.procs)), func(pid int) bool { return pid == p.Pid() })
 	if len(pids) == 0 {
 		return errors.New("no process of the session is running")
 	}

@@ -66,8 +66,9 @@ func startBusy(t *testing.T, n int) func() {
 	var cmds []*exec.Cmd
 	for i := range n {
 		c := exec.Command("taskset", "-c", strconv.Itoa(i%runtime.NumCPU()), "sh", "-c", "while :; do :; done")
-		// Each in a session of its own, as Nix starts each build.
-		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		// Each in a session of its own, as Nix starts each build; out
+		// of the test's process group, so killed with the test process.
+		c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -249,7 +249,9 @@ func startServer(t *testing.T, o serverOpt) *server {
 	s.cmd.Env = append([]string{"HOME=/root", "PATH=" + os.Getenv("PATH"), noRaceExitSleep}, o.env...)
 	s.cmd.ExtraFiles = o.files
 	if o.ownSession {
-		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		// Out of the test's process group, a Ctrl-C no longer reaches
+		// it: it goes when the test process does.
+		s.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGTERM}
 	}
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
