@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"io"
@@ -154,4 +155,57 @@ func TestLauncherKilled(t *testing.T) {
 	if !waitFor(killGrace+5*time.Second, func() bool { return len(procsWithArgs("sleep", d)) == 0 }) {
 		t.Error("session processes survived the launcher's death")
 	}
+}
+
+// TestSignalReachesOrphans: a client's signal reaches a process of the
+// session that, after the session started, cleared its environment and
+// lost its parent: only the session's cgroup still holds it (the tracker
+// does not follow a session its cgroup holds whole).
+func TestSignalReachesOrphans(t *testing.T) {
+	s := startServer(t, serverOpt{})
+	c := s.dialGo(t)
+	defer c.Close()
+	sess, err := c.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	out, err := sess.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The subshell exits at once: its child, with an empty environment,
+	// is reparented. It says "armed" once its trap is set.
+	orphan := `env -i /bin/sh -c 'trap "echo got; exit 0" USR1; echo armed; while :; do sleep 0.1; done'`
+	if err := sess.Start("(" + orphan + " &); sleep 30"); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		r := bufio.NewReader(out)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			lines <- line
+		}
+	}()
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case line, ok := <-lines:
+			if !ok || line != want+"\n" {
+				t.Fatalf("got %q (open %v), want %q", line, ok, want)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no %q from the orphan", want)
+		}
+	}
+	expect("armed")
+	if err := sess.Signal(gossh.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	expect("got")
 }
