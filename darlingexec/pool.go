@@ -360,6 +360,8 @@ func (pl *pool) serve(ctx context.Context, s session) (*Process, bool) {
 		return nil, false
 	}
 	p.request = name
+	// No tracker: take hands out only a member its cgroup holds whole
+	// (memberState), and the cgroup follows all it starts.
 	// The path goes to the member once its gate has opened (its
 	// processes are in its cgroup), without Start waiting for that; the
 	// client's bytes wait behind it.
@@ -368,13 +370,6 @@ func (pl *pool) serve(ctx context.Context, s session) (*Process, bool) {
 		defer close(ready)
 		if gate != nil {
 			<-gate
-		}
-		// An idle member forks nothing, and a member its cgroup holds
-		// whole needs no tracker at all (see enterCgroup): the
-		// tracker's periodic look at /proc starts with the session of
-		// one it does not, before its command runs.
-		if !p.procs.whole() {
-			pl.l.tracker.add(p.procs)
 		}
 		if !p.ended.Load() {
 			_, _ = p.Stdin.w.Write([]byte(path + "\n"))

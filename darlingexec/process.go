@@ -106,7 +106,8 @@ type session struct {
 	id, marker string
 	gate       string // the script's gate step; "" without session cgroups
 	// member: a launcher started ahead (see pool), which the tracker
-	// follows only once it is handed a session.
+	// never follows: it is handed a session only once its cgroup holds
+	// it whole.
 	member    bool
 	args, env []string
 }
