@@ -34,7 +34,8 @@ type conn struct {
 	offered  map[string]*auth.AuthorizedKey // keys publicKey accepted, by their wire form
 	key      *auth.AuthorizedKey            // the key it logged in with; fixed once set
 	loggedIn bool
-	ended    bool // the connection has closed
+	ended    bool // the connection has closed, or keepalives are closing it
+	closing  bool // closed has run: the connection is counted out (Server.connOut)
 
 	sessions atomic.Int32 // session channels open
 
@@ -156,7 +157,10 @@ func (c *conn) closed() {
 	c.leaveUnauthed()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.ended = true
+	if c.loggedIn && !c.closing {
+		c.s.connOut()
+	}
+	c.ended, c.closing = true, true
 	if c.ka != nil {
 		c.ka.Stop()
 	}
@@ -205,6 +209,9 @@ func (c *conn) login(key gossh.PublicKey) *auth.AuthorizedKey {
 // authed ends the login phase: the grace timer stops.
 func (c *conn) authed() {
 	c.mu.Lock()
+	if !c.loggedIn && !c.closing {
+		c.s.connIn()
+	}
 	c.loggedIn = true
 	c.mu.Unlock()
 	c.loginTimer.Stop()

@@ -64,6 +64,8 @@ type Server struct {
 	closing   bool
 	listeners []net.Listener // what Serve accepts on, closed by Close
 	runs      sync.WaitGroup // running session commands
+	conns     int            // logged-in connections not yet closed
+	connsGone chan struct{}  // closed when conns drops to 0; see connsClosed
 
 	// hook, set only by tests, is called where a library calls into
 	// the server (see at); it may panic.
@@ -423,9 +425,8 @@ func (s *Server) run(ctx context.Context, l net.Listener) error {
 func (s *Server) Close() {
 	// Stop accepting. A connection in its handshake goes on; if it opens
 	// a session now, the session is refused with a message.
-	// The listeners are closed here rather than by gliderlabs' Shutdown,
-	// whose goroutine waits on a WaitGroup that a connection finishing
-	// its handshake meanwhile adds to (a data race in gliderlabs).
+	// The server closes its listeners itself: it does not use gliderlabs'
+	// Shutdown (see letClientsClose).
 	s.mu.Lock()
 	s.closing = true
 	for _, l := range s.listeners {
@@ -474,26 +475,56 @@ func (s *Server) Close() {
 // client fail ("client_loop: send disconnect: Broken pipe", status 255)
 // although its command had succeeded: at once through a ProxyCommand or
 // ProxyJump, which ends with the server's close. Logged-in connections
-// only (gliderlabs tracks those); one a client keeps open (a
-// ControlMaster with no session) is closed after the wait. A second
-// signal (Hurry) ends the wait.
+// only; one a client keeps open (a ControlMaster with no session) is
+// closed after the wait. A second signal (Hurry) ends the wait.
+//
+// The server counts the connections itself (connIn, connOut) rather than
+// use gliderlabs' Shutdown: that waits on a WaitGroup a connection
+// finishing its handshake can still Add to, a race the race detector
+// reports (gliderlabs/ssh issue 117).
 func (s *Server) letClientsClose() {
 	s.log.Debug("letting clients close their connections", "for", closeLinger)
-	ctx, cancel := context.WithTimeout(context.Background(), closeLinger)
-	defer cancel()
-	if s.opts.Hurry != nil {
-		go func() {
-			select {
-			case <-s.opts.Hurry:
-				s.log.Info("asked again to stop; closing the connections now")
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-	}
-	if err := s.ssh.Shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+	select {
+	case <-s.connsClosed():
+	case <-s.opts.Hurry: // nil: never
+		s.log.Info("asked again to stop; closing the connections now")
+	case <-time.After(closeLinger):
 		s.log.Info("closing the connections their clients did not close", "waited", closeLinger)
 	}
+}
+
+// connIn counts a connection that logged in; connOut counts it out as it
+// closes. The conn calls both under its own lock, which orders them.
+func (s *Server) connIn() {
+	s.mu.Lock()
+	s.conns++
+	s.mu.Unlock()
+}
+
+func (s *Server) connOut() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns--
+	if s.conns == 0 && s.connsGone != nil {
+		close(s.connsGone)
+		s.connsGone = nil
+	}
+}
+
+// connsClosed returns a channel that is closed once no logged-in
+// connection is open.
+func (s *Server) connsClosed() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	if s.connsGone == nil {
+		s.connsGone = make(chan struct{})
+	}
+	return s.connsGone
 }
 
 // closeLinger bounds how long Close waits, after the last session ended,
