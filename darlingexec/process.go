@@ -301,20 +301,55 @@ func awaitExit(pid int) {
 	}
 	f := os.NewFile(uintptr(fd), "pidfd")
 	defer f.Close()
+	_ = pollExit(f)
+}
+
+// exitsWithin reports whether the process that started at start is gone,
+// or exits within d or before ctx ends. Without pidfds it answers from
+// /proc at once.
+func exitsWithin(ctx context.Context, pid int, start uint64, d time.Duration) bool {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return !startedAt(pid, start) // ESRCH: gone; ENOSYS: no pidfds
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	// Read after the pidfd was opened: a zombie, or the pid's next owner,
+	// does not match.
+	if !startedAt(pid, start) {
+		return true
+	}
+	if f.SetReadDeadline(time.Now().Add(d)) != nil {
+		return false
+	}
+	stop := context.AfterFunc(ctx, func() { _ = f.SetReadDeadline(time.Now()) })
+	defer stop()
+	return pollExit(f) == nil
+}
+
+// pollExit returns nil once the process of the pidfd f has exited, or the
+// error that ended the wait (f's read deadline).
+func pollExit(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return
+		return err
 	}
 	// Polled before each wait: the poller reports only later changes.
-	_ = rc.Read(func(fd uintptr) bool {
+	var perr error
+	err = rc.Read(func(fd uintptr) bool {
 		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 		for {
 			n, err := unix.Poll(pfd, 0)
 			if err != unix.EINTR {
+				perr = err
 				return err != nil || n > 0
 			}
 		}
 	})
+	if err != nil {
+		return err
+	}
+	return perr
 }
 
 // Done is closed when the launcher has exited.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -182,5 +183,64 @@ func TestPTYStartsWithLatestSize(t *testing.T) {
 	p.Sweep(context.Background())
 	if got := strings.TrimSpace(string(out)); got != "43 132" {
 		t.Errorf("the launcher's terminal started at %q, want 43 132", got)
+	}
+}
+
+// TestExitsWithin: a process that runs past d is not gone; one that exits
+// within d is seen to go as it exits, before d; a zombie, not yet reaped,
+// is gone, as is a pid whose start does not match.
+func TestExitsWithin(t *testing.T) {
+	ctx := context.Background()
+	run := func(script string) *exec.Cmd {
+		c := exec.Command("sh", "-c", script)
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+		return c
+	}
+	c := run("exec sleep 60")
+	pid := c.Process.Pid
+	st := startTime(pid)
+	if exitsWithin(ctx, pid, st, 50*time.Millisecond) {
+		t.Error("a running process counted as gone")
+	}
+	if !exitsWithin(ctx, pid, st+1, time.Minute) {
+		t.Error("a pid whose start does not match counted as the process")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if exitsWithin(cctx, pid, st, time.Minute) {
+		t.Error("a running process counted as gone after ctx ended")
+	}
+	// Killed and not reaped: a zombie.
+	c.Process.Signal(syscall.SIGKILL)
+	if !exitsWithin(ctx, pid, st, time.Minute) {
+		t.Error("a killed process not seen to go")
+	}
+
+	// Exits while watched: exitsWithin returns as it exits, long before d.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c2 := exec.Command("sh", "-c", "read x")
+	c2.Stdin = r
+	if err := c2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c2.Process.Kill(); c2.Wait() })
+	st2 := startTime(c2.Process.Pid)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		w.Close()
+	}()
+	start := time.Now()
+	if !exitsWithin(ctx, c2.Process.Pid, st2, time.Minute) {
+		t.Error("a process that exited while watched not seen to go")
+	}
+	if took := time.Since(start); took > 30*time.Second {
+		t.Errorf("exitsWithin waited %v for a process that exited after 100 ms", took)
 	}
 }

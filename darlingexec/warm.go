@@ -377,8 +377,15 @@ func (l *Launcher) PrefixRoot(ctx context.Context) (*os.File, error) {
 	return os.NewFile(uintptr(fd), l.Prefix), nil
 }
 
-// ContainerRunning reports whether the prefix's container is running.
-func (l *Launcher) ContainerRunning() bool { return l.containerPid() != 0 }
+// ContainerGone reports whether the prefix's container is gone, or goes
+// within d: Darling's launcher exits (1, without a word) as soon as its
+// connection to the container breaks, which is as the container's
+// processes die, while darlingserver may take a moment longer to leave
+// /proc.
+func (l *Launcher) ContainerGone(ctx context.Context, d time.Duration) bool {
+	c := l.verified()
+	return c.pid == 0 || exitsWithin(ctx, c.pid, c.start, d)
+}
 
 // Shutdown runs the launcher's shutdown for the prefix if the container
 // running now is one a warm-up of this Launcher started; a container

@@ -41,7 +41,9 @@ type Launcher interface {
 	Start(ctx context.Context, r darlingexec.Request) (Command, error)
 	// PrefixRoot opens the prefix's root as its processes see it.
 	PrefixRoot(ctx context.Context) (*os.File, error)
-	ContainerRunning() bool
+	// ContainerGone reports whether the prefix's container is gone, or
+	// goes within d.
+	ContainerGone(ctx context.Context, d time.Duration) bool
 	// Container returns the running container's pid and start, for the
 	// status socket and the metrics; ok is false when none runs.
 	Container() (pid int, since time.Time, ok bool)

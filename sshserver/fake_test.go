@@ -41,9 +41,9 @@ func newFakeLauncher(t *testing.T) *fakeLauncher {
 	return &fakeLauncher{dir: t.TempDir(), started: make(chan *fakeCmd, 1000), since: time.Now().Add(-time.Minute).Round(time.Second)}
 }
 
-func (f *fakeLauncher) Warm(context.Context) error { return nil }
-func (f *fakeLauncher) ContainerRunning() bool     { return true }
-func (f *fakeLauncher) Path() string               { return "fake" }
+func (f *fakeLauncher) Warm(context.Context) error                        { return nil }
+func (f *fakeLauncher) ContainerGone(context.Context, time.Duration) bool { return false }
+func (f *fakeLauncher) Path() string                                      { return "fake" }
 
 // Container is a container that runs as pid 4200 since the launcher was
 // made.

@@ -42,7 +42,8 @@ type Server struct {
 	home string
 	// unauthed counts connections that have not logged in.
 	unauthed atomic.Int64
-	sources  sources // unauthenticated connections by source (PerSourceMaxStartups)
+	watching atomic.Bool // noticeContainerLoss is watching the container
+	sources  sources     // unauthenticated connections by source (PerSourceMaxStartups)
 	rand     func(int) int
 	// execSlots bounds running exec sessions (--max-exec); nil: no bound.
 	execSlots chan struct{}
@@ -526,6 +527,29 @@ func (s *Server) connsClosed() <-chan struct{} {
 	}
 	return s.connsGone
 }
+
+// noticeContainerLoss logs that the prefix's container is gone, after a
+// session failed as Darling's launcher fails when it loses its container:
+// status 1, without a word. The container's last process may leave /proc
+// a moment after the launcher exited, so it is watched for up to
+// containerGoneWait, in the background: the session does not wait. One
+// watch at a time.
+func (s *Server) noticeContainerLoss() {
+	if !s.watching.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer s.watching.Store(false)
+		defer contain(s.log, "container watch", nil)
+		if s.launcher.ContainerGone(s.ctx, containerGoneWait) && s.ctx.Err() == nil {
+			s.log.Warn("the prefix's container is gone; the next session warms it again", "prefix", s.opts.Prefix)
+		}
+	}()
+}
+
+// containerGoneWait bounds how long noticeContainerLoss waits for the
+// container to go after a session failed.
+const containerGoneWait = 2 * time.Second
 
 // closeLinger bounds how long Close waits, after the last session ended,
 // for clients to close their connections.

@@ -332,16 +332,14 @@ func (se *session) maybeClose() {
 
 // sweep ends what the command left behind (a daemon belongs to the
 // session too), logs how the session ended and what it used, then the
-// session is closed. After a failure it says if the container is gone
-// (Darling's launcher exits 1 without a word when it loses its
-// container); by then a container that died has had the sweep's time to
-// leave /proc.
+// session is closed. After a failure the server looks whether the
+// container is gone (noticeContainerLoss).
 func (se *session) sweep(outcome string, failed bool) {
-	cmd, l, live := se.cmd, se.s.launcher, se.live
+	cmd, live := se.cmd, se.live
 	se.spawn(func() func() {
 		cmd.Sweep(context.Background())
-		if failed && !l.ContainerRunning() {
-			se.log.Warn("the prefix's container is gone; the next session warms it again", "prefix", se.s.opts.Prefix)
+		if failed {
+			se.s.noticeContainerLoss()
 		}
 		attrs := []any{"pid", cmd.Pid(), "outcome", outcome, "duration", time.Since(se.start).Round(time.Millisecond),
 			"bytes_in", se.bytesIn.Load(), "bytes_out", se.bytesOut.Load()}
