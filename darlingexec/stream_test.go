@@ -178,3 +178,97 @@ func BenchmarkInputReadFrom(b *testing.B) {
 	}
 	w.Close()
 }
+
+// peekChunks is a PeekSource holding its data in chunks of the given
+// sizes, as a channel holds packets; it lends at most 64 at a time and
+// records each call's bytes.
+type peekChunks struct {
+	chunks [][]byte
+	lent   []int // bytes each PeekData lent
+}
+
+func (p *peekChunks) PeekData(bufs [][]byte, max int) ([][]byte, error) {
+	n := 0
+	for _, c := range p.chunks {
+		if n >= max || len(bufs) == 64 {
+			break
+		}
+		c = c[:min(len(c), max-n)]
+		bufs = append(bufs, c)
+		n += len(c)
+	}
+	if n == 0 {
+		return bufs, io.EOF
+	}
+	p.lent = append(p.lent, n)
+	return bufs, nil
+}
+
+func (p *peekChunks) DiscardData(n int) error {
+	for n > 0 {
+		r := min(n, len(p.chunks[0]))
+		p.chunks[0] = p.chunks[0][r:]
+		n -= r
+		if len(p.chunks[0]) == 0 {
+			p.chunks = p.chunks[1:]
+		}
+	}
+	return nil
+}
+
+func (p *peekChunks) Read([]byte) (int, error) { panic("ReadFrom read a PeekSource") }
+
+// TestInputWritesPeekedData: ReadFrom hands a PeekSource's chunks to a
+// pipe with writev, byte-exact, through partial writes while the pipe is
+// full (its reader is slow) and with more one-byte chunks than one
+// writev takes; a copyBuffer at most per writev.
+func TestInputWritesPeekedData(t *testing.T) {
+	data := randomBytes(3<<20 + 200)
+	src := &peekChunks{}
+	rest := data
+	for len(rest) > 0 {
+		n := 32 << 10
+		if len(src.chunks)%5 == 4 {
+			n = 1 // runs of small packets, as typed input
+		}
+		n = min(n, len(rest))
+		src.chunks = append(src.chunks, rest[:n])
+		rest = rest[n:]
+	}
+	for range 300 {
+		src.chunks = append(src.chunks, data[:1])
+		data = append(data, data[0])
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := make(chan []byte)
+	go func() {
+		var b bytes.Buffer
+		buf := make([]byte, 1000) // a slow reader: the pipe fills
+		for {
+			n, err := r.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		got <- b.Bytes()
+	}()
+	in := &Input{w: w, bufs: &buffers{}}
+	n, err := in.ReadFrom(src)
+	w.Close()
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("ReadFrom = %d, %v; want %d", n, err, len(data))
+	}
+	if !bytes.Equal(<-got, data) {
+		t.Fatal("the pipe got other bytes")
+	}
+	for _, l := range src.lent {
+		if l > copyBuffer {
+			t.Fatalf("a writev of %d bytes, more than %d", l, copyBuffer)
+		}
+	}
+}

@@ -213,7 +213,11 @@ func (se *session) startPumps() {
 	stdin, stdout, stderr := se.cmd.Stdio()
 	se.start = time.Now()
 	se.goSafe(func() {
-		_, _ = io.Copy(stdin, counting{se.ch, &se.bytesIn})
+		var in io.Reader = counting{se.ch, &se.bytesIn}
+		if ps, ok := se.ch.(darlingexec.PeekSource); ok {
+			in = countingPeek{counting{se.ch, &se.bytesIn}, ps}
+		}
+		_, _ = io.Copy(stdin, in)
 		stdin.Close()
 	})
 	drained := make(chan struct{})
@@ -252,6 +256,22 @@ func (c counting) Write(p []byte) (int, error) {
 	n, err := c.rw.Write(p)
 	c.n.Add(int64(n))
 	return n, err
+}
+
+// countingPeek is counting for a channel that lends its data without a
+// copy (darlingexec.PeekSource): what is consumed counts.
+type countingPeek struct {
+	counting
+	ps darlingexec.PeekSource
+}
+
+func (c countingPeek) PeekData(bufs [][]byte, max int) ([][]byte, error) {
+	return c.ps.PeekData(bufs, max)
+}
+
+func (c countingPeek) DiscardData(n int) error {
+	c.n.Add(int64(n))
+	return c.ps.DiscardData(n)
 }
 
 // setPty handles "pty-req": the command will run on a terminal.

@@ -104,3 +104,58 @@ func (b *buffer) Read(buf []byte) (n int, err error) {
 	}
 	return
 }
+
+// peekMaxBufs bounds the slices one peek appends, well under the
+// IOV_MAX of 1024 a writev(2) takes.
+const peekMaxBufs = 64
+
+// peek appends to bufs up to max bytes of the buffered data, in at most
+// peekMaxBufs slices of the buffers that hold it, waiting for data if
+// there is none; io.EOF once the buffer is closed and empty. The slices
+// stay valid until discard.
+func (b *buffer) peek(bufs [][]byte, max int) ([][]byte, error) {
+	b.Cond.L.Lock()
+	defer b.Cond.L.Unlock()
+	for {
+		n, k := 0, 0
+		for e := b.head; e != nil && n < max && k < peekMaxBufs; e = e.next {
+			if len(e.buf) == 0 {
+				continue
+			}
+			take := min(len(e.buf), max-n)
+			bufs = append(bufs, e.buf[:take])
+			n += take
+			k++
+		}
+		if n > 0 {
+			return bufs, nil
+		}
+		if b.closed {
+			return bufs, io.EOF
+		}
+		b.Cond.Wait()
+	}
+}
+
+// discard consumes n bytes from the head of the buffer, as Read would
+// without the copy, recycling the packets it empties.
+func (b *buffer) discard(n int) {
+	b.Cond.L.Lock()
+	defer b.Cond.L.Unlock()
+	for n > 0 {
+		if len(b.head.buf) > 0 {
+			r := min(n, len(b.head.buf))
+			b.head.buf = b.head.buf[r:]
+			n -= r
+			if len(b.head.buf) == 0 && b.head.packet != nil {
+				recyclePacket(b.head.packet)
+				b.head.buf, b.head.packet = nil, nil
+			}
+			continue
+		}
+		if b.head == b.tail {
+			return
+		}
+		b.head = b.head.next
+	}
+}

@@ -610,6 +610,36 @@ func (ch *channel) Read(data []byte) (int, error) {
 	return ch.ReadExtended(data, 0)
 }
 
+// PeekData appends to bufs the channel data received and not yet
+// consumed, up to max bytes in at most 64 slices, without copying it: the slices alias the
+// channel's buffers and stay valid until DiscardData consumes them. It
+// waits for data as Read does; once the peer's EOF has come and all data
+// was consumed, it returns io.EOF. A caller can so hand the data to a
+// vectored write (writev(2)) with no copy of its own. Calls must not
+// overlap with each other, DiscardData or Read.
+func (ch *channel) PeekData(bufs [][]byte, max int) ([][]byte, error) {
+	if !ch.decided {
+		return bufs, errUndecided
+	}
+	return ch.pending.peek(bufs, max)
+}
+
+// DiscardData consumes n bytes of what PeekData returned and adjusts the
+// window as Read does.
+func (ch *channel) DiscardData(n int) error {
+	if !ch.decided {
+		return errUndecided
+	}
+	if n <= 0 {
+		return nil
+	}
+	ch.pending.discard(n)
+	if err := ch.adjustWindow(uint32(n)); err != nil && err != io.EOF {
+		return err
+	}
+	return nil
+}
+
 func (ch *channel) Write(data []byte) (int, error) {
 	if !ch.decided {
 		return 0, errUndecided
