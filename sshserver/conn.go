@@ -90,7 +90,7 @@ func (s *Server) connCallback(ctx gliderssh.Context, nc net.Conn) (ret net.Conn)
 	c.loginTimer = time.AfterFunc(s.opts.LoginGraceTime, c.loginGraceOver)
 	context.AfterFunc(ctx, c.closed)
 	// The client's first line is checked as sshd checks it (version.go).
-	return &identConn{Conn: nc, log: c.logger(), hook: func(where string) { s.at(where, remote) }}
+	return &identConn{Conn: nc, r: newRawReader(nc), log: c.logger(), hook: func(where string) { s.at(where, remote) }}
 }
 
 // admit decides whether a new connection from ra may try to log in:

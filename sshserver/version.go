@@ -44,6 +44,7 @@ const (
 // x/crypto reads it.
 type identConn struct {
 	net.Conn
+	r    io.Reader // reads the connection after the line (newRawReader)
 	log  *slog.Logger
 	hook func(where string)
 	// Only the goroutine reading the connection uses these: x/crypto's
@@ -72,7 +73,7 @@ func (c *identConn) Read(p []byte) (n int, err error) {
 		c.line = c.line[n:]
 		return n, nil
 	}
-	return c.Conn.Read(p)
+	return c.r.Read(p)
 }
 
 // check reads the client's identification line and answers a bad one as
