@@ -268,10 +268,8 @@ type PeekSource interface {
 func (in *Input) ReadFrom(r io.Reader) (int64, error) {
 	in.waitGate()
 	if ps, ok := r.(PeekSource); ok {
-		if f, ok := in.w.(*os.File); ok {
-			if rc, err := f.SyscallConn(); err == nil {
-				return writevFrom(rc, ps)
-			}
+		if rc := nonblocking(in.w); rc != nil {
+			return writevFrom(rc, ps)
 		}
 	}
 	quiet := make([]byte, quietBuffer)
@@ -306,17 +304,42 @@ func (in *Input) ReadFrom(r io.Reader) (int64, error) {
 	}
 }
 
-// writevFrom writes what ps holds to the pipe behind rc, up to a
-// copyBuffer's worth in each writev(2), until ps ends. It holds no buffer
-// of its own: an idle session costs nothing here.
+// nonblocking returns the RawConn of w if w is a file in non-blocking
+// mode (a pipe from os.Pipe), which writev may write with a raw system
+// call; else nil.
+func nonblocking(w io.Writer) syscall.RawConn {
+	f, ok := w.(*os.File)
+	if !ok {
+		return nil
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	nb := false
+	err = rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nb = err == nil && fl&unix.O_NONBLOCK != 0
+	})
+	if err != nil || !nb {
+		return nil
+	}
+	return rc
+}
+
+// writevFrom writes what ps holds to the non-blocking pipe behind rc, up
+// to a copyBuffer's worth in each writev(2), until ps ends. It holds no
+// data buffer of its own: an idle session costs nothing here.
 func writevFrom(rc syscall.RawConn, ps PeekSource) (int64, error) {
+	w := &vectorWriter{rc: rc}
+	w.call = w.writev
 	var total int64
 	var bufs [][]byte
 	for {
 		var err error
 		bufs, err = ps.PeekData(bufs[:0], copyBuffer)
 		if len(bufs) > 0 {
-			n, werr := writev(rc, bufs)
+			n, werr := w.write(bufs)
 			total += int64(n)
 			derr := ps.DiscardData(n)
 			clear(bufs) // no reference to a packet the channel recycled
@@ -333,65 +356,80 @@ func writevFrom(rc syscall.RawConn, ps PeekSource) (int64, error) {
 	}
 }
 
-// writev writes bufs (the first maxIovecs of them) to the non-blocking
-// file behind rc with one writev(2), waiting in Go's poller while the pipe
-// is full; it may write less than all.
+// vectorWriter writes slices to a non-blocking file with writev(2) made
+// as a raw system call. Its state lives in the struct, and call is bound
+// once, so a write allocates nothing.
 //
-// The call is a raw system call. Go's runtime takes a thread's P away
-// while it is in an ordinary system call that spans a tick of its monitor
-// (20 us and up) if goroutines wait for it, and hands the P to another
-// thread, waking it; the first thread then waits for a P again. A 256 KiB
-// write into a pipe takes longer than that, and the goroutines of the
-// connection are runnable meanwhile, so with the server's one P (--procs
-// 1) the Go code hopped between threads. The file is non-blocking, so the
-// call never waits and keeps its P. Measured with the socket reads done
-// the same way (sshserver/rawread.go), six alternating pairs each of
+// Why raw: Go's runtime takes a thread's P away while it is in an
+// ordinary system call that spans a tick of its monitor (20 us and up) if
+// goroutines wait for it, and hands the P to another thread, waking it;
+// the first thread then waits for a P again. A 256 KiB write into a pipe
+// takes longer than that, and the goroutines of the connection are
+// runnable meanwhile, so with the server's one P (--procs 1) the Go code
+// hopped between threads. The file is non-blocking (nonblocking checks),
+// so the call never waits and keeps its P. Measured with the socket reads
+// done the same way (sshserver/rawread.go), six alternating pairs each of
 // 3 x 1 GiB uploads: server CPU 1.268 -> 1.182 s per GiB quiet, 1.300 ->
 // 1.255 s with a busy process on each core.
-func writev(rc syscall.RawConn, bufs [][]byte) (int, error) {
-	var iovs [maxIovecs]unix.Iovec
-	k := 0
-	for _, b := range bufs {
-		if len(b) == 0 {
-			continue
-		}
-		if k == len(iovs) {
-			break
-		}
-		iovs[k].Base = &b[0]
-		iovs[k].SetLen(len(b))
-		k++
-	}
-	if k == 0 {
-		return 0, nil
-	}
-	var n int
-	var errno syscall.Errno
-	err := rc.Write(func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iovs[0])), uintptr(k))
-			switch e {
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case errno != 0:
-		return 0, &os.PathError{Op: "writev", Path: "stdin", Err: errno}
-	}
-	return n, nil
+type vectorWriter struct {
+	rc    syscall.RawConn
+	call  func(fd uintptr) bool // w.writev
+	iovs  [maxIovecs]unix.Iovec
+	k     int // iovs in use
+	n     int
+	errno syscall.Errno
 }
 
 // maxIovecs bounds the slices one writev takes: x/crypto's PeekData lends
 // at most 64.
 const maxIovecs = 64
+
+// write writes bufs (the first maxIovecs of them) with one writev(2),
+// waiting in Go's poller while the pipe is full; it may write less than
+// all.
+func (w *vectorWriter) write(bufs [][]byte) (int, error) {
+	w.k = 0
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		if w.k == len(w.iovs) {
+			break
+		}
+		w.iovs[w.k].Base = &b[0]
+		w.iovs[w.k].SetLen(len(b))
+		w.k++
+	}
+	if w.k == 0 {
+		return 0, nil
+	}
+	w.n, w.errno = 0, 0
+	err := w.rc.Write(w.call)
+	clear(w.iovs[:w.k])
+	switch {
+	case err != nil:
+		return 0, err
+	case w.errno != 0:
+		return 0, &os.PathError{Op: "writev", Path: "stdin", Err: w.errno}
+	}
+	return w.n, nil
+}
+
+// writev is the system call, for RawConn.Write: false to wait until the
+// file is writable.
+func (w *vectorWriter) writev(fd uintptr) bool {
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&w.iovs[0])), uintptr(w.k))
+		switch e {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		w.n, w.errno = int(r), e
+		return true
+	}
+}
 
 func ignoreEOF(err error) error {
 	if errors.Is(err, io.EOF) {

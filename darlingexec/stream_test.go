@@ -272,3 +272,24 @@ func TestInputWritesPeekedData(t *testing.T) {
 		}
 	}
 }
+
+// TestNonblocking: writevFrom's raw writev is taken only for a
+// non-blocking file: a pipe from os.Pipe, not one Fd made blocking.
+func TestNonblocking(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if nonblocking(w) == nil {
+		t.Fatal("a pipe from os.Pipe taken for blocking")
+	}
+	w.Fd() // puts it in blocking mode
+	if nonblocking(w) != nil {
+		t.Fatal("a blocking pipe taken for non-blocking")
+	}
+	if nonblocking(&bytes.Buffer{}) != nil {
+		t.Fatal("a buffer taken for a file")
+	}
+}

@@ -9,7 +9,7 @@
   pname = "darling-sshd";
   version = "0.1.0";
   src = lib.cleanSource ./..;
-  vendorHash = "sha256-YeijaEHWJUzLec/3pKhYmNIvsOh+xRFp1uCBblR+JA8=";
+  vendorHash = "sha256-1fi1Szaq0x/CE1BeoqjdtJGzAWgn/qAfux5BHuzUn9o=";
   subPackages = [ "cmd/darling-sshd" ];
   # The tests need root, namespaces, OpenSSH and Nix: they run in `make test`.
   doCheck = false;

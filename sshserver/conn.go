@@ -35,7 +35,7 @@ type conn struct {
 	key      *auth.AuthorizedKey            // the key it logged in with; fixed once set
 	loggedIn bool
 	ended    bool // the connection has closed, or keepalives are closing it
-	closing  bool // closed has run: the connection is counted out (Server.connOut)
+	closing  bool // countOut has run: a login no longer counts in (Server.connIn)
 
 	sessions atomic.Int32 // session channels open
 
@@ -152,15 +152,13 @@ func (c *conn) leaveUnauthed() {
 // logs a login that never succeeded.
 func (c *conn) closed() {
 	defer contain(c.logger(), "connection close", nil)
+	defer c.countOut() // even if what follows panics: Close waits for the count
 	c.s.at("closed", c.remote)
 	c.loginTimer.Stop()
 	c.leaveUnauthed()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.loggedIn && !c.closing {
-		c.s.connOut()
-	}
-	c.ended, c.closing = true, true
+	c.ended = true
 	if c.ka != nil {
 		c.ka.Stop()
 	}
@@ -173,6 +171,17 @@ func (c *conn) closed() {
 		c.s.log.Info("login refused", "reason", "no accepted authentication", "user", c.user,
 			"remote", c.remote, "methods_tried", strings.Join(c.methods, ","))
 	}
+}
+
+// countOut counts a logged-in connection out of the server's count
+// (Server.connOut), once, as it closes; a login after it is not counted.
+func (c *conn) countOut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.loggedIn && !c.closing {
+		c.s.connOut()
+	}
+	c.closing = true
 }
 
 // attempt records an authentication attempt for the log.

@@ -36,7 +36,7 @@ func TestRawReader(t *testing.T) {
 
 	ours, peer := pair()
 	r := newRawReader(ours)
-	if _, ok := r.(rawReader); !ok {
+	if _, ok := r.(*rawReader); !ok {
 		t.Fatalf("newRawReader(TCP) = %T, want rawReader", r)
 	}
 	want := make([]byte, 3<<20)

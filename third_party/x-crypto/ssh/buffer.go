@@ -114,6 +114,9 @@ const peekMaxBufs = 64
 // there is none; io.EOF once the buffer is closed and empty. The slices
 // stay valid until discard.
 func (b *buffer) peek(bufs [][]byte, max int) ([][]byte, error) {
+	if max <= 0 {
+		return bufs, nil
+	}
 	b.Cond.L.Lock()
 	defer b.Cond.L.Unlock()
 	for {
@@ -123,7 +126,7 @@ func (b *buffer) peek(bufs [][]byte, max int) ([][]byte, error) {
 				continue
 			}
 			take := min(len(e.buf), max-n)
-			bufs = append(bufs, e.buf[:take])
+			bufs = append(bufs, e.buf[:take:take])
 			n += take
 			k++
 		}
@@ -137,16 +140,17 @@ func (b *buffer) peek(bufs [][]byte, max int) ([][]byte, error) {
 	}
 }
 
-// discard consumes n bytes from the head of the buffer, as Read would
-// without the copy, recycling the packets it empties.
-func (b *buffer) discard(n int) {
+// discard consumes up to n bytes from the head of the buffer, as Read
+// would without the copy, recycling the packets it empties; it returns how
+// many it consumed.
+func (b *buffer) discard(n int) (consumed int) {
 	b.Cond.L.Lock()
 	defer b.Cond.L.Unlock()
-	for n > 0 {
+	for consumed < n {
 		if len(b.head.buf) > 0 {
-			r := min(n, len(b.head.buf))
+			r := min(n-consumed, len(b.head.buf))
 			b.head.buf = b.head.buf[r:]
-			n -= r
+			consumed += r
 			if len(b.head.buf) == 0 && b.head.packet != nil {
 				recyclePacket(b.head.packet)
 				b.head.buf, b.head.packet = nil, nil
@@ -154,8 +158,9 @@ func (b *buffer) discard(n int) {
 			continue
 		}
 		if b.head == b.tail {
-			return
+			return consumed
 		}
 		b.head = b.head.next
 	}
+	return consumed
 }

@@ -625,7 +625,8 @@ func (ch *channel) PeekData(bufs [][]byte, max int) ([][]byte, error) {
 }
 
 // DiscardData consumes n bytes of what PeekData returned and adjusts the
-// window as Read does.
+// window as Read does. It is an error to discard more than is buffered;
+// only what was buffered is consumed and counted in the window.
 func (ch *channel) DiscardData(n int) error {
 	if !ch.decided {
 		return errUndecided
@@ -633,9 +634,14 @@ func (ch *channel) DiscardData(n int) error {
 	if n <= 0 {
 		return nil
 	}
-	ch.pending.discard(n)
-	if err := ch.adjustWindow(uint32(n)); err != nil && err != io.EOF {
-		return err
+	consumed := ch.pending.discard(n)
+	if consumed > 0 {
+		if err := ch.adjustWindow(uint32(consumed)); err != nil && err != io.EOF {
+			return err
+		}
+	}
+	if consumed < n {
+		return fmt.Errorf("ssh: discarded %d bytes, only %d were buffered", n, consumed)
 	}
 	return nil
 }

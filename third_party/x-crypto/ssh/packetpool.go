@@ -29,7 +29,8 @@ var packetPool = sync.Pool{
 
 // newPacket returns a slice as long as packet to copy it into, from
 // packetPool if packet is bulk channel data. Only channel data is pooled:
-// it never leaves this package (channel reads copy it out), whereas other
+// it never leaves this package but as PeekData lends it, until
+// DiscardData (channel reads copy it out), whereas other
 // messages are unmarshaled into []byte fields that reach the application,
 // and a pooled buffer's capacity would show it another packet's bytes.
 func newPacket(packet []byte) []byte {

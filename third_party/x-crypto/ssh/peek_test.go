@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"io"
 	"testing"
+	"time"
 )
 
 // TestBufferPeekDiscard: peek lends the buffered data in order, up to max
@@ -75,6 +76,12 @@ func TestBufferPeekDiscard(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("peek and discard lost or reordered data")
 	}
+	if got := b.discard(10); got != 0 {
+		t.Fatalf("discard on an empty buffer consumed %d", got)
+	}
+	if bufs, err := b.peek(nil, 0); err != nil || len(bufs) != 0 {
+		t.Fatalf("peek(max 0) = %d slices, %v", len(bufs), err)
+	}
 	b.eof()
 	if bufs, err := b.peek(nil, 1<<20); err != io.EOF || len(bufs) != 0 {
 		t.Fatalf("peek at the end = %d slices, %v; want io.EOF", len(bufs), err)
@@ -92,6 +99,11 @@ func TestBufferPeekWaits(t *testing.T) {
 		}
 		done <- bytes.Join(bufs, nil)
 	}()
+	select {
+	case got := <-done:
+		t.Fatalf("peek on an empty buffer returned %q", got)
+	case <-time.After(20 * time.Millisecond):
+	}
 	b.write([]byte("hello"), nil)
 	if got := <-done; string(got) != "hello" {
 		t.Fatalf("peek after the write = %q", got)
@@ -139,5 +151,8 @@ func TestChannelPeekData(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("got %d bytes, want %d, or other bytes", len(got), len(want))
+	}
+	if err := reader.DiscardData(10); err == nil {
+		t.Fatal("DiscardData of more than is buffered: no error")
 	}
 }
