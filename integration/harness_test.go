@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -58,6 +59,19 @@ func testMain(m *testing.M) int {
 			return 1
 		}
 	}
+	// go test's interrupt ends this process without running cleanups,
+	// and the stand-in's containers, like Darling's, outlive whoever
+	// started them: a Ctrl-C of make test or make bench shuts them down
+	// here. (The servers go with their process group or this process.)
+	interrupts := make(chan os.Signal, 1)
+	signal.Notify(interrupts, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		sig := <-interrupts
+		fmt.Fprintf(os.Stderr, "integration: %v: shutting down the test containers\n", sig)
+		leftovers.cleanUp()
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}()
 	for _, tool := range []string{"ssh", "ssh-keygen"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			fmt.Fprintf(os.Stderr, "%s is needed (make test installs openssh-client)\n", tool)
@@ -65,6 +79,59 @@ func testMain(m *testing.M) int {
 		}
 	}
 	return m.Run()
+}
+
+// leftovers holds the temporary folders and prefixes the tests created and
+// have not cleaned up yet, for an interrupt to clean up.
+var leftovers tempFolders
+
+type tempFolders struct {
+	mu     sync.Mutex
+	dirs   map[string]string // folder -> the prefix in it
+	closed bool              // cleaned up for an interrupt
+}
+
+// mkdir creates a temporary folder, short enough for Darling's socket path
+// limit, for the prefix named prefix in it (or elsewhere, if prefix is
+// given), and returns what cleans them up: it shuts the prefix's container
+// down and removes the folder. Once an interrupt has cleaned up, it never
+// returns: the process is exiting.
+func (f *tempFolders) mkdir(prefix string) (dir, prefixPath string, cleanUp func(), err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		select {}
+	}
+	dir, err = os.MkdirTemp("", "dp")
+	if err != nil {
+		return "", "", nil, err
+	}
+	if prefix == "" {
+		prefix = filepath.Join(dir, "p")
+	}
+	if f.dirs == nil {
+		f.dirs = map[string]string{}
+	}
+	f.dirs[dir] = prefix
+	return dir, prefix, func() {
+		shutdownStandin(prefix)
+		os.RemoveAll(dir)
+		f.mu.Lock()
+		delete(f.dirs, dir)
+		f.mu.Unlock()
+	}, nil
+}
+
+// cleanUp shuts down the prefixes' containers and removes the folders,
+// for good.
+func (f *tempFolders) cleanUp() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for dir, prefix := range f.dirs {
+		shutdownStandin(prefix)
+		os.RemoveAll(dir)
+	}
 }
 
 // server is one darling-sshd process under test, with its own keys,
@@ -81,6 +148,7 @@ type server struct {
 	cmd       *exec.Cmd
 	exited    chan struct{}
 	log       syncBuffer
+	removeDir func() // shuts the prefix's container down, removes dir
 }
 
 type serverOpt struct {
@@ -206,15 +274,11 @@ func alive(pid int) bool {
 // folder removed after the test.
 func tempPrefix(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "dp")
+	_, prefix, cleanUp, err := leftovers.mkdir("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := filepath.Join(dir, "p")
-	t.Cleanup(func() {
-		shutdownStandin(prefix)
-		os.RemoveAll(dir)
-	})
+	t.Cleanup(cleanUp)
 	return prefix
 }
 
@@ -222,14 +286,11 @@ func tempPrefix(t *testing.T) string {
 // (cold, not yet created) prefix, and waits for its "listening" line.
 func startServer(t *testing.T, o serverOpt) *server {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "dp")
+	dir, prefix, removeDir, err := leftovers.mkdir(o.prefix)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{t: t, dir: dir, prefix: filepath.Join(dir, "p"), exited: make(chan struct{})}
-	if o.prefix != "" {
-		s.prefix = o.prefix
-	}
+	s := &server{t: t, dir: dir, prefix: prefix, exited: make(chan struct{}), removeDir: removeDir}
 	t.Cleanup(s.cleanup)
 	s.clientKey = newKey(t, dir, "id_client")
 	s.hostKey = filepath.Join(dir, "hostkey", "ssh_host_ed25519_key")
@@ -432,11 +493,10 @@ func (s *server) cleanup() {
 	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
 		s.t.Error("the race detector found a data race in the server")
 	}
-	shutdownStandin(s.prefix)
 	if s.t.Failed() {
 		s.t.Logf("server log:\n%s", s.log.String())
 	}
-	os.RemoveAll(s.dir)
+	s.removeDir() // and shuts the prefix's container down
 }
 
 // noRaceExitSleep stops the race-enabled server binary from sleeping a
